@@ -1,0 +1,39 @@
+# Furnace: the two commands a fresh machine needs are `make demo` and `make test`.
+# Both install what they need first and are safe to run again.
+
+CARGO      ?= cargo
+BIN_DIR    := $(CURDIR)/target/release
+FURNACE    := $(BIN_DIR)/furnace
+
+.PHONY: demo test deps build kernel bench lint fmt clean
+
+demo: build kernel
+	bash scripts/demo.sh
+
+test: build kernel
+	FURNACE_BIN_DIR=$(BIN_DIR) FURNACE_KERNEL_DIR=$$($(FURNACE) guest fetch-kernel) \
+		$(CARGO) test --release --workspace -- --test-threads=2
+
+deps:
+	bash scripts/install-deps.sh
+
+# One release build serves the binaries, the tests and the benchmarks.
+build: deps
+	$(CARGO) build --release --workspace --all-targets
+
+# Debian's current cloud kernel, its -dbg package and the ISF profile, cached in /var/cache/furnace.
+kernel: build
+	$(FURNACE) guest fetch-kernel >/dev/null
+
+bench: build kernel
+	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,6 @@
+//! The `furnace` command line, as a library so end-to-end tests share its
+//! guest fixture and ground-truth parsing instead of re-implementing them.
+
+pub mod guest;
+pub mod profile;
+pub mod vmi;

@@ -1,0 +1,47 @@
+use clap::{Parser, Subcommand};
+use furnace::{guest, profile, vmi};
+use furnace_vmi::VmiError;
+
+/// Furnace: tenant VM introspection under containerd.
+#[derive(Debug, Parser)]
+#[command(name = "furnace", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Local test guests (real Debian kernel under QEMU).
+    #[command(subcommand)]
+    Guest(guest::GuestCommand),
+    /// Kernel profiles (Volatility 3 ISF).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// Introspect a guest or a snapshot.
+    Vmi(vmi::VmiArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FURNACE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Guest(c) => guest::run(c),
+        Command::Profile(c) => profile::run(c),
+        Command::Vmi(args) => vmi::run(args),
+    };
+    if let Err(error) = result {
+        // Typed VMI errors carry their code, so scripts can tell kinds apart.
+        match error.downcast_ref::<VmiError>() {
+            Some(vmi) => {
+                let code = vmi.code().as_str_name().trim_start_matches("ERROR_CODE_");
+                eprintln!("furnace: error [{code}]: {error:#}")
+            }
+            None => eprintln!("furnace: error: {error:#}"),
+        }
+        std::process::exit(1);
+    }
+}

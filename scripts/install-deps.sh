@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need on a Debian bookworm machine.
+# Idempotent: installs only what is missing, refreshes apt lists only when a
+# package or the kernel meta-package is unknown to them.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86   # the test guest (TCG)
+    busybox-static    # the guest's userland
+    dwarves           # pahole, ground truth for profile offsets
+    ca-certificates
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root (apt-get install, /run/furnace, /var/cache/furnace)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+lists_know_kernel() { apt-cache show --no-all-versions linux-image-cloud-amd64 >/dev/null 2>&1; }
+
+if [ ${#missing[@]} -gt 0 ] || ! lists_know_kernel; then
+    echo "install-deps: apt-get update"
+    apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }
+echo "install-deps: ok"

@@ -1,0 +1,3 @@
+//! CPU architectures. Only amd64 today.
+
+pub mod amd64;

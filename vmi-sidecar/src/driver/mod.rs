@@ -1,0 +1,84 @@
+//! Guest drivers, described by small capability traits in the manner of
+//! vmi-rs: a consumer asks only for what it needs. The Linux layer needs
+//! [`PhysicalMemory`] alone; pausing needs [`VmControl`]; CR3/CR4 need
+//! [`VcpuRegisters`]. A snapshot has memory and nothing else.
+
+mod ram;
+pub mod qemu;
+pub mod qmp;
+pub mod snapshot;
+
+pub use ram::{MappedRam, RamRegion};
+
+use crate::error::{Result, VmiError};
+
+/// Guest-physical memory.
+pub trait PhysicalMemory: Send + Sync {
+    /// One past the highest guest-physical address backed by memory.
+    fn physical_size(&self) -> u64;
+
+    /// Fills `buf` from guest-physical `address`. Fails, never zero-fills, when
+    /// any byte of the range is not backed by guest memory.
+    fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// The `(start, len)` ranges of guest-physical memory that are backed,
+    /// ascending. Scans walk these and skip the holes.
+    fn physical_ranges(&self) -> Vec<(u64, u64)> {
+        vec![(0, self.physical_size())]
+    }
+
+    fn write_physical(&self, _address: u64, _data: &[u8]) -> Result<()> {
+        Err(VmiError::Unsupported("writing guest memory"))
+    }
+}
+
+/// Whether the guest's vCPUs execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Any other state QEMU reports (e.g. `shutdown`, `internal-error`).
+    Other(String),
+}
+
+pub trait VmControl: Send + Sync {
+    fn pause(&self) -> Result<()>;
+    fn resume(&self) -> Result<()>;
+    fn run_state(&self) -> Result<RunState>;
+}
+
+/// The amd64 registers VMI needs, for one vCPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Registers {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr2: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8 … r15, in that order.
+    pub gpr: [u64; 16],
+}
+
+pub trait VcpuRegisters: Send + Sync {
+    fn vcpu_count(&self) -> Result<u32>;
+    fn registers(&self, vcpu: u32) -> Result<Registers>;
+}
+
+/// A driver is guest memory plus whichever optional capabilities it has.
+pub trait Driver: PhysicalMemory {
+    /// A short description for logs and `furnace vmi info`.
+    fn describe(&self) -> String;
+
+    fn control(&self) -> Option<&dyn VmControl> {
+        None
+    }
+
+    fn vcpu_registers(&self) -> Option<&dyn VcpuRegisters> {
+        None
+    }
+}

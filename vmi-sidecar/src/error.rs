@@ -1,0 +1,85 @@
+//! The one error type of the VMI library. Every variant maps onto an
+//! [`furnace_api::ErrorCode`], so a failure keeps its kind across the wire.
+
+use furnace_api::ErrorCode;
+use std::path::PathBuf;
+
+pub type Result<T, E = VmiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmiError {
+    #[error("guest-physical address {address:#x} (+{len} bytes) is outside guest memory")]
+    BadPhysicalAddress { address: u64, len: usize },
+
+    #[error("virtual address {address:#x} is not mapped (page-table entry at level {level} not present, dtb {dtb:#x})")]
+    NotMapped { address: u64, dtb: u64, level: u8 },
+
+    #[error("{what} not found: {name}")]
+    NotFound { what: &'static str, name: String },
+
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+
+    #[error("guest is gone: {0}")]
+    GuestGone(String),
+
+    #[error("profile does not match the guest kernel: profile is for {expected:?}, guest runs {found:?}; build a profile from this guest's vmlinux with `furnace profile build`")]
+    ProfileMismatch { expected: String, found: String },
+
+    #[error("profile {path}: {reason}")]
+    BadProfile { path: PathBuf, reason: String },
+
+    #[error("snapshot {path}: {reason}")]
+    BadSnapshot { path: PathBuf, reason: String },
+
+    #[error("guest directory {path}: {reason}")]
+    BadGuestDir { path: PathBuf, reason: String },
+
+    #[error("the running kernel could not be located in guest memory: {0}")]
+    KernelNotFound(String),
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("not supported by this driver: {0}")]
+    Unsupported(&'static str),
+
+    #[error("QMP: {0}")]
+    Qmp(String),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmiError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        VmiError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            VmiError::BadPhysicalAddress { .. } | VmiError::NotMapped { .. } => {
+                ErrorCode::BadAddress
+            }
+            VmiError::NotFound { .. } => ErrorCode::NotFound,
+            VmiError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            VmiError::GuestGone(_) => ErrorCode::GuestGone,
+            VmiError::ProfileMismatch { .. } => ErrorCode::ProfileMismatch,
+            VmiError::InvalidArgument(_)
+            | VmiError::BadProfile { .. }
+            | VmiError::BadSnapshot { .. }
+            | VmiError::BadGuestDir { .. } => ErrorCode::InvalidArgument,
+            VmiError::Unsupported(_) => ErrorCode::Unsupported,
+            VmiError::KernelNotFound(_) | VmiError::Qmp(_) | VmiError::Io { .. } => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}
