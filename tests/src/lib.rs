@@ -1,1 +1,147 @@
-//! Shared fixtures for the end-to-end tests.
+//! Shared fixtures for the end-to-end tests: the real test guest (booted
+//! through the `furnace` binary), the binaries under test, and ground truth
+//! from the guest's own view.
+//!
+//! Guests are stopped when the test process exits (an `atexit` hook), so a
+//! failing or panicking test does not leave QEMU behind.
+
+use anyhow::{bail, Context, Result};
+use furnace::guest::console::{self, GuestProcess};
+use furnace_api::Process;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub const GUEST_ROOT: &str = "/run/furnace/guests";
+pub const GROUND_TRUTH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the release binaries are: `FURNACE_BIN_DIR` (set by `make test`) or
+/// the target directory this test binary was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FURNACE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_owned()
+}
+
+pub fn furnace_bin() -> PathBuf {
+    let bin = bin_dir().join("furnace");
+    assert!(bin.is_file(), "{} is missing; run `make test` (it builds the binaries first)", bin.display());
+    bin
+}
+
+/// Runs `furnace ARGS`, returning its output whatever the exit status.
+pub fn furnace(args: &[&str]) -> Output {
+    Command::new(furnace_bin()).args(args).output().expect("furnace runs")
+}
+
+/// Runs `furnace ARGS` and parses its stdout as JSON; fails with stderr if it failed.
+pub fn furnace_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> {
+    let out = furnace(args);
+    if !out.status.success() {
+        bail!("furnace {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("furnace {args:?} printed no JSON"))
+}
+
+static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+extern "C" fn stop_started_guests() {
+    let names = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|p| p.into_inner()));
+    for name in names {
+        let _ = Command::new(furnace_bin()).args(["guest", "down", &name]).output();
+    }
+}
+
+/// A booted test guest.
+pub struct TestGuest {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl TestGuest {
+    /// Boots `furnace guest up` with a name unique to this process and `extra` flags.
+    pub fn start(label: &str, extra: &[&str]) -> Result<TestGuest> {
+        let name = format!("t-{label}-{}", std::process::id());
+        {
+            let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+            if started.is_empty() {
+                // SAFETY: registering a plain extern "C" function has no preconditions.
+                unsafe { libc::atexit(stop_started_guests) };
+            }
+            started.push(name.clone());
+        }
+        let mut args = vec!["guest", "up", name.as_str()];
+        args.extend_from_slice(extra);
+        let out = furnace(&args);
+        if !out.status.success() {
+            bail!("furnace guest up {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
+        anyhow::ensure!(dir.is_dir(), "guest up printed {dir:?}, which is not a directory");
+        Ok(TestGuest { name, dir })
+    }
+
+    pub fn dir_str(&self) -> &str {
+        self.dir.to_str().expect("guest directories are UTF-8")
+    }
+
+    /// The guest's own process list, fresh.
+    pub fn ground_truth_ps(&self) -> Result<Vec<GuestProcess>> {
+        console::processes(&self.dir, GROUND_TRUTH_TIMEOUT)
+    }
+
+    /// Kills QEMU outright, as a crash would.
+    pub fn kill_qemu(&self) -> Result<()> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("qemu.pid"))?.trim().parse()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        for _ in 0..100 {
+            if !Path::new(&format!("/proc/{pid}/exe")).exists() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("QEMU {pid} did not die")
+    }
+}
+
+/// The kernel's workqueue workers show their current queue in `ps`
+/// (`kworker/0:1-events`, see `wq_worker_comm`); the task's own comm is the
+/// part before the first '-'. Every other name is compared exactly.
+pub fn comm_as_ps_shows_it(guest_ps_name: &str) -> String {
+    match guest_ps_name.strip_prefix("kworker/") {
+        Some(rest) => format!("kworker/{}", rest.split('-').next().unwrap_or(rest)),
+        None => guest_ps_name.to_owned(),
+    }
+}
+
+pub fn ground_truth_set(ps: &[GuestProcess]) -> BTreeSet<(u32, String)> {
+    ps.iter().map(|p| (p.pid, comm_as_ps_shows_it(&p.name))).collect()
+}
+
+pub fn vmi_set(ps: &[Process]) -> BTreeSet<(u32, String)> {
+    ps.iter().map(|p| (p.pid, p.name.clone())).collect()
+}
+
+/// Describes how two (pid, name) sets differ, or `None` when equal.
+pub fn set_difference(truth: &BTreeSet<(u32, String)>, seen: &BTreeSet<(u32, String)>) -> Option<String> {
+    if truth == seen {
+        return None;
+    }
+    Some(format!(
+        "only in the guest's ps: {:?}\nonly in VMI: {:?}",
+        truth.difference(seen).collect::<Vec<_>>(),
+        seen.difference(truth).collect::<Vec<_>>()
+    ))
+}
+
+/// The kernel cache directory of the current kernel (`make test` sets it).
+pub fn kernel_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("FURNACE_KERNEL_DIR").expect(
+        "FURNACE_KERNEL_DIR is not set; run the tests with `make test`, which fetches the kernel first",
+    ))
+}

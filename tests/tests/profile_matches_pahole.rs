@@ -159,8 +159,8 @@ fn parse_comment(comment: &str) -> Option<PaholeMember> {
 
 /// The declared name in a C member declaration as pahole prints it.
 fn member_name(decl: &str) -> Option<String> {
-    let decl = decl.trim().trim_end_matches(';');
-    let decl = decl.split("__attribute__").next()?.trim();
+    let decl = strip_attributes(decl.trim().trim_end_matches(';'));
+    let decl = decl.trim();
     let ident = |s: &str| -> String {
         s.chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -174,6 +174,35 @@ fn member_name(decl: &str) -> Option<String> {
         }
     };
     (!name.is_empty()).then_some(name)
+}
+
+/// `decl` without its `__attribute__((...))` groups, which pahole puts
+/// after the declarator and, for inline struct types, also before it.
+fn strip_attributes(decl: &str) -> String {
+    let mut out = String::new();
+    let mut rest = decl;
+    while let Some(at) = rest.find("__attribute__") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + "__attribute__".len()..];
+        let mut depth = 0;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Members the VMI code relies on; they must be present, not just equal.
@@ -368,7 +397,7 @@ fn pahole_parser_handles_nesting() {
 	const unsigned char  *     name;                 /*     8     8 */
 	struct {
 		int        hidden;                   /*    16     4 */
-	} named __attribute__((__aligned__(8)));        /*    16     8 */
+	} __attribute__((__aligned__(8))) named __attribute__((__aligned__(8))); /*    16     8 */
 	long unsigned int  (*fn)(struct file *, long int); /*    24     8 */
 	unsigned int               flag:1;         /*    32: 3  4 */
 	unsigned int               :0;

@@ -42,9 +42,13 @@ fn request_block(dir: &Path, command: &str, marker: &str, timeout: Duration) -> 
     let mut control = UnixStream::connect(dir.join("control.sock"))
         .with_context(|| format!("connecting to the guest's control port in {}", dir.display()))?;
     control.set_write_timeout(Some(Duration::from_secs(5)))?;
-    control.write_all(format!("{command} {nonce}\n").as_bytes())?;
+    // The leading newline ends any partial line a client that died mid-write left behind.
+    control.write_all(format!("\n{command} {nonce}\n").as_bytes())?;
+    // Hold the connection until the answer is in: QEMU feeds the guest's UART
+    // a few bytes at a time and drops what it has not fed once we hang up.
+    let block = wait_block(&dir.join("console.log"), marker, &nonce, timeout);
     drop(control);
-    wait_block(&dir.join("console.log"), marker, &nonce, timeout)
+    block
 }
 
 fn wait_block(console: &Path, marker: &str, nonce: &str, timeout: Duration) -> Result<String> {
@@ -52,7 +56,8 @@ fn wait_block(console: &Path, marker: &str, nonce: &str, timeout: Duration) -> R
     let end = format!("{marker}-END {nonce}\n");
     let deadline = Instant::now() + timeout;
     loop {
-        let text = std::fs::read_to_string(console).unwrap_or_default();
+        // The guest's tty turns "\n" into "\r\n" on the serial line.
+        let text = std::fs::read_to_string(console).unwrap_or_default().replace("\r\n", "\n");
         if let Some(block) = text
             .split_once(&begin)
             .and_then(|(_, after)| after.split_once(&end))

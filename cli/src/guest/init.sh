@@ -45,17 +45,19 @@ print_modules() {
 echo "FURNACE-KALLSYMS $(grep -E ' (init_task|linux_banner)$' /proc/kallsyms | tr '\n' ' ')"
 print_modules boot
 print_ps boot
+# Open the control port before saying ready and keep it open: a serial port
+# drops what arrives while nobody has it open.
+exec 3< /dev/ttyS1
+stty -F /dev/ttyS1 -echo 2>/dev/null
 echo FURNACE-READY
 
-stty -F /dev/ttyS1 -echo 2>/dev/null
-while true; do
-    while read -r command argument < /dev/ttyS1; do
-        case "$command" in
-            ps) print_ps "$argument" ;;
-            modules) print_modules "$argument" ;;
-            kallsyms) echo "FURNACE-KALLSYMS $(grep -E " $argument\$" /proc/kallsyms)" ;;
-            "") ;;
-            *) echo "FURNACE-ERROR unknown command $command" ;;
-        esac
-    done
+while read -r command argument <&3; do
+    case "$command" in
+        ps) print_ps "$argument" ;;
+        modules) print_modules "$argument" ;;
+        kallsyms) echo "FURNACE-KALLSYMS $(grep -E " $argument\$" /proc/kallsyms)" ;;
+        "") ;;
+        *) echo "FURNACE-ERROR unknown command $command" ;;
+    esac
 done
+echo "FURNACE-ERROR the control port closed"

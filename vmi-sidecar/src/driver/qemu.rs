@@ -2,13 +2,18 @@
 //! - `ram`: guest RAM as a shared file (`memory-backend-file,share=on`), mapped
 //!   here so reads are memcpy, not monitor round trips;
 //! - `qmp.sock`: run state, pause/resume, vCPU registers and the memory map.
+//!
+//! QEMU serves one client per QMP socket at a time, so the driver connects for
+//! each operation and lets go at once: a second tool on the same guest (the
+//! CLI beside a sidecar, a test pausing the guest) waits milliseconds, not
+//! forever. A connection costs well under a millisecond.
 
 use super::{Driver, MappedRam, PhysicalMemory, RamRegion, Registers, RunState, VcpuRegisters, VmControl};
 use super::qmp::QmpClient;
 use crate::error::{Result, VmiError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 /// The memory-backend id Furnace's guests use for RAM (`-object memory-backend-file,id=pc.ram`).
 pub const RAM_BACKEND_ID: &str = "pc.ram";
@@ -16,7 +21,9 @@ pub const RAM_BACKEND_ID: &str = "pc.ram";
 pub struct QemuGuest {
     dir: PathBuf,
     ram: MappedRam,
-    qmp: Mutex<QmpClient>,
+    qmp_socket: PathBuf,
+    /// Serializes this process's QMP operations.
+    qmp_lock: Mutex<()>,
 }
 
 impl QemuGuest {
@@ -32,19 +39,21 @@ impl QemuGuest {
         if !ram_path.is_file() {
             return Err(bad("it has no `ram` file; was QEMU started with a shared memory-backend-file?".into()));
         }
-        let mut qmp = QmpClient::connect(&dir.join("qmp.sock"))?;
-        let mtree = qmp.human_monitor("info mtree -f", None)?;
+        let qmp_socket = dir.join("qmp.sock");
+        let mtree = QmpClient::connect(&qmp_socket)?.human_monitor("info mtree -f", None)?;
         let regions = parse_ram_regions(&mtree, RAM_BACKEND_ID);
         if regions.is_empty() {
+            let excerpt: String = mtree.chars().take(200).collect();
             return Err(bad(format!(
-                "QEMU's memory map has no region of the RAM backend `{RAM_BACKEND_ID}`"
+                "QEMU's memory map has no region of the RAM backend `{RAM_BACKEND_ID}` (`info mtree -f` began {excerpt:?})"
             )));
         }
         let ram = MappedRam::open(&ram_path, regions, true)?;
         Ok(QemuGuest {
             dir: dir.to_owned(),
             ram,
-            qmp: Mutex::new(qmp),
+            qmp_socket,
+            qmp_lock: Mutex::new(()),
         })
     }
 
@@ -56,15 +65,15 @@ impl QemuGuest {
         &self.ram
     }
 
-    /// Runs a QMP command on the guest's monitor connection.
+    /// Runs a QMP command on the guest's monitor.
     pub fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        self.qmp().execute(command, arguments)
+        self.with_qmp(|qmp| qmp.execute(command, arguments))
     }
 
-    fn qmp(&self) -> MutexGuard<'_, QmpClient> {
-        // A panic while holding the lock leaves the client usable: every call
-        // is one request and one reply.
-        self.qmp.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn with_qmp<T>(&self, f: impl FnOnce(&mut QmpClient) -> Result<T>) -> Result<T> {
+        // The lock guards no data, so a panic elsewhere cannot leave it inconsistent.
+        let _serialized = self.qmp_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut QmpClient::connect(&self.qmp_socket)?)
     }
 }
 
@@ -88,15 +97,15 @@ impl PhysicalMemory for QemuGuest {
 
 impl VmControl for QemuGuest {
     fn pause(&self) -> Result<()> {
-        self.qmp().execute("stop", None).map(drop)
+        self.qmp_execute("stop", None).map(drop)
     }
 
     fn resume(&self) -> Result<()> {
-        self.qmp().execute("cont", None).map(drop)
+        self.qmp_execute("cont", None).map(drop)
     }
 
     fn run_state(&self) -> Result<RunState> {
-        let status = self.qmp().execute("query-status", None)?;
+        let status = self.qmp_execute("query-status", None)?;
         Ok(match status.get("status").and_then(Value::as_str) {
             Some("running") => RunState::Running,
             Some("paused") => RunState::Paused,
@@ -108,7 +117,7 @@ impl VmControl for QemuGuest {
 
 impl VcpuRegisters for QemuGuest {
     fn vcpu_count(&self) -> Result<u32> {
-        let cpus = self.qmp().execute("query-cpus-fast", None)?;
+        let cpus = self.qmp_execute("query-cpus-fast", None)?;
         let count = cpus
             .as_array()
             .ok_or_else(|| VmiError::Qmp(format!("query-cpus-fast: expected a list, got {cpus}")))?
@@ -123,7 +132,7 @@ impl VcpuRegisters for QemuGuest {
                 "vCPU {vcpu} does not exist; the guest has {count}"
             )));
         }
-        let text = self.qmp().human_monitor("info registers", Some(vcpu))?;
+        let text = self.with_qmp(|qmp| qmp.human_monitor("info registers", Some(vcpu)))?;
         parse_registers(&text)
     }
 }
@@ -142,45 +151,54 @@ impl Driver for QemuGuest {
     }
 }
 
-/// Reads the RAM regions of `backend` from the first flat view of
-/// `info mtree -f`, whose lines look like
+/// Reads the RAM regions of `backend` from `info mtree -f`: the flat view
+/// serving the `memory` address space (views are listed in no fixed order),
+/// whose lines look like
 /// `  0000000000100000-000000001fffffff (prio 0, ram): pc.ram @0000000000100000 KVM`.
 pub fn parse_ram_regions(mtree: &str, backend: &str) -> Vec<RamRegion> {
     let mut regions = Vec::new();
-    let mut views = 0;
+    let mut in_memory_view = false;
     for line in mtree.lines() {
+        let line = line.trim();
         if line.starts_with("FlatView") {
-            views += 1;
-            if views > 1 {
+            if in_memory_view {
                 break;
             }
             continue;
         }
-        let Some((range, rest)) = line.trim().split_once(' ') else { continue };
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16)) else {
-            continue;
-        };
-        let Some((attrs, target)) = rest.split_once("): ") else { continue };
-        if !(attrs.ends_with(", ram") || attrs.ends_with(", rom")) {
+        if let Some(space) = line.strip_prefix("AS \"") {
+            in_memory_view |= space.starts_with("memory\"");
             continue;
         }
-        let mut words = target.split_whitespace();
-        if words.next() != Some(backend) {
-            continue;
+        if in_memory_view {
+            regions.extend(parse_region_line(line, backend));
         }
-        let file_offset = words
-            .next()
-            .and_then(|w| w.strip_prefix('@'))
-            .and_then(|w| u64::from_str_radix(w, 16).ok())
-            .unwrap_or(start);
-        regions.push(RamRegion {
-            guest_address: start,
-            len: end - start + 1,
-            file_offset,
-        });
     }
     regions
+}
+
+fn parse_region_line(line: &str, backend: &str) -> Option<RamRegion> {
+    let (range, rest) = line.split_once(' ')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+    let (attrs, target) = rest.split_once("): ")?;
+    if !(attrs.ends_with(", ram") || attrs.ends_with(", rom")) {
+        return None;
+    }
+    let mut words = target.split_whitespace();
+    if words.next() != Some(backend) {
+        return None;
+    }
+    let file_offset = words
+        .next()
+        .and_then(|w| w.strip_prefix('@'))
+        .and_then(|w| u64::from_str_radix(w, 16).ok())
+        .unwrap_or(start);
+    Some(RamRegion {
+        guest_address: start,
+        len: end - start + 1,
+        file_offset,
+    })
 }
 
 /// Parses the text of HMP `info registers` for one x86-64 vCPU.
@@ -233,6 +251,11 @@ mod tests {
 
     // Output of `info mtree -f` from QEMU 7.2 for a 512 MiB `pc` guest (trimmed).
     const MTREE: &str = "FlatView #0
+ AS \"i440FX\", root: bus master container
+ Root memory region: bus master container
+  0000000000000000-ffffffffffffffff (prio 0, i/o): bus master container
+
+FlatView #1
  AS \"memory\", root: system
  Root memory region: system
   0000000000000000-000000000009ffff (prio 0, ram): pc.ram
@@ -242,7 +265,8 @@ mod tests {
   0000000000100000-000000001fffffff (prio 0, ram): pc.ram @0000000000100000
   00000000fffc0000-00000000ffffffff (prio 0, rom): pc.bios
 
-FlatView #1
+FlatView #2
+ AS \"cpu-smm-0\", root: memory
   0000000000000000-000000001fffffff (prio 0, ram): pc.ram
 ";
 

@@ -108,11 +108,11 @@ fn type_name(btf: &Btf, t: &Type) -> Result<String, String> {
 /// byte.
 pub(crate) fn bitfield_location(bit_offset: u32, bit_length: u32, unit_size: u64) -> (u64, u32) {
     let byte = u64::from(bit_offset / 8);
-    if unit_size > 0 {
-        let offset = byte / unit_size * unit_size;
+    if let Some(units) = byte.checked_div(unit_size) {
+        let offset = units * unit_size;
+        // offset * 8 <= bit_offset, so neither this nor the sum overflows.
         let position = u64::from(bit_offset) - offset * 8;
-        if position + u64::from(bit_length) <= unit_size * 8 {
-            // position < unit_size * 8 <= 2^35 fits: unit sizes come from u32s.
+        if position + u64::from(bit_length) <= unit_size.saturating_mul(8) {
             if let Ok(position) = u32::try_from(position) {
                 return (offset, position);
             }

@@ -417,7 +417,8 @@ fn system_map_parsing() {
 /// objects (name, value, size) defined in the first section.
 fn tiny_elf(sections: &[(&str, u64, &[u8])], symbols: &[(&str, u64, u64)]) -> Vec<u8> {
     // (name, sh_type, address, contents, sh_link, sh_entsize)
-    let mut all: Vec<(&str, u32, u64, Vec<u8>, u32, u64)> = sections
+    type Section<'a> = (&'a str, u32, u64, Vec<u8>, u32, u64);
+    let mut all: Vec<Section> = sections
         .iter()
         .map(|&(name, addr, data)| (name, 1, addr, data.to_vec(), 0, 0))
         .collect();

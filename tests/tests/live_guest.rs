@@ -1,0 +1,145 @@
+//! End-to-end: a real Debian kernel booted under QEMU, read from outside by
+//! `furnace vmi`, live and from both snapshot formats, compared against the
+//! guest's own `ps`, `/proc/modules` and `/proc/kallsyms`.
+
+use anyhow::Result;
+use furnace_api::{Module, Process, Symbol};
+use furnace_tests::*;
+use furnace_vmi::driver::qemu::QemuGuest;
+use furnace_vmi::driver::{PhysicalMemory, VmControl};
+use serde_json::json;
+use std::sync::{Mutex, OnceLock};
+
+fn guest() -> &'static TestGuest {
+    static GUEST: OnceLock<TestGuest> = OnceLock::new();
+    GUEST.get_or_init(|| TestGuest::start("live", &[]).expect("the test guest boots"))
+}
+
+/// Takes the guest's own ps, then (with the guest paused) what `observe`
+/// sees, and compares the (pid, name) sets. Kernel worker threads may come
+/// and go between the two looks, so a mismatch is retried twice before failing.
+fn assert_matches_ground_truth(observe: impl Fn(&QemuGuest) -> Result<Vec<Process>>) {
+    // Tests pause the one shared guest; one at a time keeps the others' ground truth prompt.
+    static PAUSING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = PAUSING.lock().unwrap_or_else(|p| p.into_inner());
+    let g = guest();
+    let qemu = QemuGuest::attach(&g.dir).expect("attach for pause/resume");
+    let mut last = String::new();
+    for _ in 0..3 {
+        let truth = g.ground_truth_ps().expect("the guest prints its ps");
+        qemu.pause().unwrap();
+        let seen = observe(&qemu);
+        qemu.resume().unwrap();
+        let seen = seen.expect("VMI reads the process list");
+        match set_difference(&ground_truth_set(&truth), &vmi_set(&seen)) {
+            None => {
+                assert_workers_as_in_guest(&truth, &seen);
+                return;
+            }
+            Some(diff) => last = diff,
+        }
+    }
+    panic!("VMI's process list differs from the guest's ps three times running:\n{last}");
+}
+
+/// The workload's own processes, checked beyond pid and name: parent and uid.
+fn assert_workers_as_in_guest(truth: &[furnace::guest::console::GuestProcess], seen: &[Process]) {
+    for worker in furnace::guest::initramfs::WORKERS {
+        let t = truth.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("guest runs {worker}"));
+        let s = seen.iter().find(|p| p.name == *worker).unwrap();
+        assert_eq!(s.ppid, t.ppid, "{worker} ppid");
+        let uid = match t.user.as_str() {
+            "root" => 0,
+            "tenant" => furnace::guest::initramfs::TENANT_UID,
+            other => panic!("unexpected user {other}"),
+        };
+        assert_eq!(s.uid, uid, "{worker} uid");
+        assert_ne!(s.dtb, 0, "{worker} is a user process and has page tables");
+    }
+}
+
+#[test]
+fn live_ps_equals_the_guests_own_ps() {
+    let dir = guest().dir_str();
+    assert_matches_ground_truth(|_| furnace_json(&["vmi", "ps", "--guest-dir", dir, "--json"]));
+}
+
+#[test]
+fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("guest.raw");
+    let profile = guest().dir.join("profile.json");
+    assert_matches_ground_truth(|qemu| {
+        let size = qemu.physical_size();
+        qemu.qmp_execute("pmemsave", Some(json!({"val": 0, "size": size, "filename": raw})))?;
+        furnace_json(&["vmi", "ps", "--snapshot", raw.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])
+    });
+}
+
+#[test]
+fn dump_guest_memory_elf_ps_equals_the_guests_own_ps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elf = tmp.path().join("guest.elf");
+    let profile = guest().dir.join("profile.json");
+    assert_matches_ground_truth(|qemu| {
+        let protocol = format!("file:{}", elf.display());
+        qemu.qmp_execute("dump-guest-memory", Some(json!({"paging": false, "protocol": protocol})))?;
+        furnace_json(&["vmi", "ps", "--snapshot", elf.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])
+    });
+}
+
+#[test]
+fn modules_equal_proc_modules() {
+    let g = guest();
+    let truth = furnace::guest::console::modules(&g.dir, GROUND_TRUTH_TIMEOUT).unwrap();
+    assert!(!truth.is_empty(), "the workload loads modules");
+    let seen: Vec<Module> = furnace_json(&["vmi", "modules", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let truth: Vec<(String, u64)> = truth.into_iter().map(|m| (m.name, m.size)).collect();
+    let seen: Vec<(String, u64)> = seen.into_iter().map(|m| (m.name, m.size)).collect();
+    assert_eq!(seen, truth, "module list (name, size) in list order");
+}
+
+#[test]
+fn symbols_equal_the_guests_kallsyms() {
+    let g = guest();
+    let kallsyms = furnace::guest::console::boot_kallsyms(&g.dir).unwrap();
+    assert!(kallsyms.len() >= 2);
+    for (name, address) in kallsyms {
+        let seen: Vec<Symbol> = furnace_json(&["vmi", "sym", &name, "--guest-dir", g.dir_str(), "--json"]).unwrap();
+        assert_eq!(seen[0].address, address, "{name}: VMI says {:#x}, the guest's kallsyms {address:#x}", seen[0].address);
+    }
+}
+
+#[test]
+fn reads_of_the_banner_agree_between_virtual_and_physical() {
+    let g = guest();
+    let sym: Vec<Symbol> = furnace_json(&["vmi", "sym", "linux_banner", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let address = format!("{:#x}", sym[0].address);
+    let virt: serde_json::Value =
+        furnace_json(&["vmi", "read", "--address", &address, "--size", "14", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    assert_eq!(virt["hex"], hex_of(b"Linux version "));
+    let t: furnace_api::Translation =
+        furnace_json(&["vmi", "translate", "--address", &address, "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let physical = format!("{:#x}", t.physical_address);
+    let phys: serde_json::Value =
+        furnace_json(&["vmi", "read", "--physical", "--address", &physical, "--size", "14", "--guest-dir", g.dir_str(), "--json"])
+            .unwrap();
+    assert_eq!(phys["hex"], virt["hex"]);
+}
+
+#[test]
+fn user_memory_of_a_process_translates_through_its_own_page_tables() {
+    let g = guest();
+    let ps: Vec<Process> = furnace_json(&["vmi", "ps", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let worker = ps.iter().find(|p| p.name == "fworker-alpha").unwrap();
+    // busybox is a static non-PIE ELF loaded at 0x400000: its first bytes are the ELF magic.
+    let pid = worker.pid.to_string();
+    let read: serde_json::Value =
+        furnace_json(&["vmi", "read", "--pid", &pid, "--address", "0x400000", "--size", "4", "--guest-dir", g.dir_str(), "--json"])
+            .unwrap();
+    assert_eq!(read["hex"], hex_of(b"\x7fELF"));
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
