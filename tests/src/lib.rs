@@ -7,7 +7,10 @@
 
 use anyhow::{bail, Context, Result};
 use furnace::guest::console::{self, GuestProcess};
+use furnace::guest::initramfs::{TENANT_UID, WORKERS};
 use furnace_api::Process;
+use furnace_vmi::driver::qemu::QemuGuest;
+use furnace_vmi::driver::VmControl;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -61,6 +64,8 @@ extern "C" fn stop_started_guests() {
 pub struct TestGuest {
     pub name: String,
     pub dir: PathBuf,
+    /// Held while a test pauses the guest, so other tests' ground truth stays prompt.
+    pausing: Mutex<()>,
 }
 
 impl TestGuest {
@@ -83,7 +88,7 @@ impl TestGuest {
         }
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
         anyhow::ensure!(dir.is_dir(), "guest up printed {dir:?}, which is not a directory");
-        Ok(TestGuest { name, dir })
+        Ok(TestGuest { name, dir, pausing: Mutex::new(()) })
     }
 
     pub fn dir_str(&self) -> &str {
@@ -93,6 +98,29 @@ impl TestGuest {
     /// The guest's own process list, fresh.
     pub fn ground_truth_ps(&self) -> Result<Vec<GuestProcess>> {
         console::processes(&self.dir, GROUND_TRUTH_TIMEOUT)
+    }
+
+    /// Takes the guest's own ps, then, with the guest paused, what `observe`
+    /// sees, and asserts the (pid, name) sets are equal and the workload's
+    /// processes have the parent and uid the guest reports. Kernel worker
+    /// threads may come and go between the two looks, so a mismatch is retried
+    /// twice before the test fails.
+    pub fn assert_ps_matches(&self, observe: impl Fn(&QemuGuest) -> Result<Vec<Process>>) {
+        let _one_at_a_time = self.pausing.lock().unwrap_or_else(|p| p.into_inner());
+        let qemu = QemuGuest::attach(&self.dir).expect("attach for pause/resume");
+        let mut last = String::new();
+        for _ in 0..3 {
+            let truth = self.ground_truth_ps().expect("the guest prints its ps");
+            qemu.pause().expect("pause");
+            let seen = observe(&qemu);
+            qemu.resume().expect("resume");
+            let seen = seen.expect("VMI reads the process list");
+            match set_difference(&ground_truth_set(&truth), &vmi_set(&seen)) {
+                None => return assert_workers_as_in_guest(&truth, &seen),
+                Some(diff) => last = diff,
+            }
+        }
+        panic!("VMI's process list differs from the guest's ps three times running:\n{last}");
     }
 
     /// Kills QEMU outright, as a crash would.
@@ -106,6 +134,21 @@ impl TestGuest {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("QEMU {pid} did not die")
+    }
+}
+
+fn assert_workers_as_in_guest(truth: &[GuestProcess], seen: &[Process]) {
+    for worker in WORKERS {
+        let t = truth.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("the guest runs {worker}"));
+        let s = seen.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("VMI sees {worker}"));
+        assert_eq!(s.ppid, t.ppid, "{worker} ppid");
+        let uid = match t.user.as_str() {
+            "root" => 0,
+            "tenant" => TENANT_UID,
+            other => panic!("unexpected user {other}"),
+        };
+        assert_eq!(s.uid, uid, "{worker} uid");
+        assert_ne!(s.dtb, 0, "{worker} is a user process and has page tables");
     }
 }
 

@@ -2,66 +2,21 @@
 //! `furnace vmi`, live and from both snapshot formats, compared against the
 //! guest's own `ps`, `/proc/modules` and `/proc/kallsyms`.
 
-use anyhow::Result;
 use furnace_api::{Module, Process, Symbol};
 use furnace_tests::*;
-use furnace_vmi::driver::qemu::QemuGuest;
-use furnace_vmi::driver::{PhysicalMemory, VmControl};
+use furnace_vmi::driver::PhysicalMemory;
 use serde_json::json;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 fn guest() -> &'static TestGuest {
     static GUEST: OnceLock<TestGuest> = OnceLock::new();
     GUEST.get_or_init(|| TestGuest::start("live", &[]).expect("the test guest boots"))
 }
 
-/// Takes the guest's own ps, then (with the guest paused) what `observe`
-/// sees, and compares the (pid, name) sets. Kernel worker threads may come
-/// and go between the two looks, so a mismatch is retried twice before failing.
-fn assert_matches_ground_truth(observe: impl Fn(&QemuGuest) -> Result<Vec<Process>>) {
-    // Tests pause the one shared guest; one at a time keeps the others' ground truth prompt.
-    static PAUSING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = PAUSING.lock().unwrap_or_else(|p| p.into_inner());
-    let g = guest();
-    let qemu = QemuGuest::attach(&g.dir).expect("attach for pause/resume");
-    let mut last = String::new();
-    for _ in 0..3 {
-        let truth = g.ground_truth_ps().expect("the guest prints its ps");
-        qemu.pause().unwrap();
-        let seen = observe(&qemu);
-        qemu.resume().unwrap();
-        let seen = seen.expect("VMI reads the process list");
-        match set_difference(&ground_truth_set(&truth), &vmi_set(&seen)) {
-            None => {
-                assert_workers_as_in_guest(&truth, &seen);
-                return;
-            }
-            Some(diff) => last = diff,
-        }
-    }
-    panic!("VMI's process list differs from the guest's ps three times running:\n{last}");
-}
-
-/// The workload's own processes, checked beyond pid and name: parent and uid.
-fn assert_workers_as_in_guest(truth: &[furnace::guest::console::GuestProcess], seen: &[Process]) {
-    for worker in furnace::guest::initramfs::WORKERS {
-        let t = truth.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("guest runs {worker}"));
-        let s = seen.iter().find(|p| p.name == *worker).unwrap();
-        assert_eq!(s.ppid, t.ppid, "{worker} ppid");
-        let uid = match t.user.as_str() {
-            "root" => 0,
-            "tenant" => furnace::guest::initramfs::TENANT_UID,
-            other => panic!("unexpected user {other}"),
-        };
-        assert_eq!(s.uid, uid, "{worker} uid");
-        assert_ne!(s.dtb, 0, "{worker} is a user process and has page tables");
-    }
-}
-
 #[test]
 fn live_ps_equals_the_guests_own_ps() {
     let dir = guest().dir_str();
-    assert_matches_ground_truth(|_| furnace_json(&["vmi", "ps", "--guest-dir", dir, "--json"]));
+    guest().assert_ps_matches(|_| furnace_json(&["vmi", "ps", "--guest-dir", dir, "--json"]));
 }
 
 #[test]
@@ -69,7 +24,7 @@ fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("guest.raw");
     let profile = guest().dir.join("profile.json");
-    assert_matches_ground_truth(|qemu| {
+    guest().assert_ps_matches(|qemu| {
         let size = qemu.physical_size();
         qemu.qmp_execute("pmemsave", Some(json!({"val": 0, "size": size, "filename": raw})))?;
         furnace_json(&["vmi", "ps", "--snapshot", raw.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])
@@ -81,7 +36,7 @@ fn dump_guest_memory_elf_ps_equals_the_guests_own_ps() {
     let tmp = tempfile::tempdir().unwrap();
     let elf = tmp.path().join("guest.elf");
     let profile = guest().dir.join("profile.json");
-    assert_matches_ground_truth(|qemu| {
+    guest().assert_ps_matches(|qemu| {
         let protocol = format!("file:{}", elf.display());
         qemu.qmp_execute("dump-guest-memory", Some(json!({"paging": false, "protocol": protocol})))?;
         furnace_json(&["vmi", "ps", "--snapshot", elf.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])

@@ -68,7 +68,7 @@ impl VmiError {
             VmiError::BadPhysicalAddress { .. } | VmiError::NotMapped { .. } => {
                 ErrorCode::BadAddress
             }
-            VmiError::NotFound { .. } => ErrorCode::NotFound,
+            VmiError::NotFound { .. } | VmiError::KernelNotFound(_) => ErrorCode::NotFound,
             VmiError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             VmiError::GuestGone(_) => ErrorCode::GuestGone,
             VmiError::ProfileMismatch { .. } => ErrorCode::ProfileMismatch,
@@ -77,9 +77,7 @@ impl VmiError {
             | VmiError::BadSnapshot { .. }
             | VmiError::BadGuestDir { .. } => ErrorCode::InvalidArgument,
             VmiError::Unsupported(_) => ErrorCode::Unsupported,
-            VmiError::KernelNotFound(_) | VmiError::Qmp(_) | VmiError::Io { .. } => {
-                ErrorCode::Internal
-            }
+            VmiError::Qmp(_) | VmiError::Io { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -106,7 +106,7 @@ fn gone_or_io(e: std::io::Error) -> VmiError {
     use std::io::ErrorKind::*;
     match e.kind() {
         BrokenPipe | ConnectionReset | UnexpectedEof => {
-            VmiError::GuestGone(format!("QMP connection lost: {e}"))
+            VmiError::GuestGone(format!("QMP connection lost ({e}); QEMU has probably exited"))
         }
         WouldBlock | TimedOut => VmiError::GuestGone(format!(
             "QEMU did not answer on QMP within {REPLY_TIMEOUT:?}"

@@ -80,9 +80,10 @@ pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<()
             expected: String::from_utf8_lossy(&expected).trim_end().to_owned(),
             found,
         }),
-        None => Err(VmiError::KernelNotFound(
-            "no Linux banner anywhere in guest memory; is this a booted Linux guest?".into(),
-        )),
+        None => Err(VmiError::KernelNotFound(format!(
+            "no Linux banner anywhere in {} MiB of guest memory; is this a booted Linux guest, or a truncated snapshot?",
+            memory.physical_ranges().iter().map(|(_, len)| len).sum::<u64>() >> 20
+        ))),
     }
 }
 
