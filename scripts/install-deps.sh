@@ -8,6 +8,7 @@ packages=(
     qemu-system-x86   # the test guest (TCG)
     busybox-static    # the guest's userland
     dwarves           # pahole, ground truth for profile offsets
+    binutils          # readelf/objcopy, ground truth for the banner bytes
     ca-certificates
 )
 

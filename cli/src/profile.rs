@@ -21,9 +21,17 @@ pub enum ProfileCommand {
 
 pub fn run(command: ProfileCommand) -> Result<()> {
     match command {
-        ProfileCommand::Build { vmlinux, system_map, output } => {
-            let isf = build_profile(&BuildInputs { vmlinux: &vmlinux, system_map: system_map.as_deref() })?;
-            let file = std::fs::File::create(&output).with_context(|| format!("creating {}", output.display()))?;
+        ProfileCommand::Build {
+            vmlinux,
+            system_map,
+            output,
+        } => {
+            let isf = build_profile(&BuildInputs {
+                vmlinux: &vmlinux,
+                system_map: system_map.as_deref(),
+            })?;
+            let file = std::fs::File::create(&output)
+                .with_context(|| format!("creating {}", output.display()))?;
             serde_json::to_writer(std::io::BufWriter::new(file), &isf)
                 .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(

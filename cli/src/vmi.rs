@@ -85,9 +85,15 @@ pub fn run(args: VmiArgs) -> Result<()> {
         VmiCommand::Ps => {
             let processes = kernel.processes()?;
             emit(args.json, &processes, || {
-                let mut out = format!("{:>7} {:>7} {:>6} {:<16} {:>18} {:>12}\n", "PID", "PPID", "UID", "NAME", "TASK", "DTB");
+                let mut out = format!(
+                    "{:>7} {:>7} {:>6} {:<16} {:>18} {:>12}\n",
+                    "PID", "PPID", "UID", "NAME", "TASK", "DTB"
+                );
                 for p in &processes {
-                    out += &format!("{:>7} {:>7} {:>6} {:<16} {:#18x} {:#12x}\n", p.pid, p.ppid, p.uid, p.name, p.task, p.dtb);
+                    out += &format!(
+                        "{:>7} {:>7} {:>6} {:<16} {:#18x} {:#12x}\n",
+                        p.pid, p.ppid, p.uid, p.name, p.task, p.dtb
+                    );
                 }
                 out
             })
@@ -105,18 +111,36 @@ pub fn run(args: VmiArgs) -> Result<()> {
         VmiCommand::Sym { names } => {
             let symbols = names
                 .iter()
-                .map(|name| Ok(Symbol { name: name.clone(), address: kernel.symbol_address(name)? }))
+                .map(|name| {
+                    Ok(Symbol {
+                        name: name.clone(),
+                        address: kernel.symbol_address(name)?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
             emit(args.json, &symbols, || {
-                symbols.iter().map(|s| format!("{:#018x} {}\n", s.address, s.name)).collect()
+                symbols
+                    .iter()
+                    .map(|s| format!("{:#018x} {}\n", s.address, s.name))
+                    .collect()
             })
         }
-        VmiCommand::Read { address, size, physical, pid } => {
-            anyhow::ensure!(size <= MAX_READ, "--size {size} exceeds the {MAX_READ}-byte limit of one read");
+        VmiCommand::Read {
+            address,
+            size,
+            physical,
+            pid,
+        } => {
+            anyhow::ensure!(
+                size <= MAX_READ,
+                "--size {size} exceeds the {MAX_READ}-byte limit of one read"
+            );
             let mut buf = vec![0u8; size as usize];
             match (physical, pid) {
                 (true, _) => kernel.driver().read_physical(address, &mut buf)?,
-                (false, Some(pid)) => kernel.read_virtual(kernel.process_dtb(pid)?, address, &mut buf)?,
+                (false, Some(pid)) => {
+                    kernel.read_virtual(kernel.process_dtb(pid)?, address, &mut buf)?
+                }
                 (false, None) => kernel.read_kernel(address, &mut buf)?,
             }
             #[derive(Serialize)]
@@ -124,7 +148,10 @@ pub fn run(args: VmiArgs) -> Result<()> {
                 address: u64,
                 hex: String,
             }
-            let read = Read { address, hex: hex::encode(&buf) };
+            let read = Read {
+                address,
+                hex: hex::encode(&buf),
+            };
             emit(args.json, &read, || hexdump(address, &buf))
         }
         VmiCommand::Translate { address, pid } => {
@@ -132,9 +159,18 @@ pub fn run(args: VmiArgs) -> Result<()> {
                 Some(pid) => kernel.user_to_physical(pid, address)?,
                 None => kernel.kernel_to_physical(address)?,
             };
-            let t = Translation { virtual_address: address, physical_address: t.physical, page_size: t.page_size };
+            let t = Translation {
+                virtual_address: address,
+                physical_address: t.physical,
+                page_size: t.page_size,
+            };
             emit(args.json, &t, || {
-                format!("{:#x} -> {:#x} (page {} KiB)\n", t.virtual_address, t.physical_address, t.page_size / 1024)
+                format!(
+                    "{:#x} -> {:#x} (page {} KiB)\n",
+                    t.virtual_address,
+                    t.physical_address,
+                    t.page_size / 1024
+                )
             })
         }
         VmiCommand::Info => {
@@ -169,11 +205,15 @@ pub fn run(args: VmiArgs) -> Result<()> {
 }
 
 fn attach(target: &Target, profile: Option<PathBuf>) -> Result<LinuxKernel> {
-    let (driver, default_profile): (Box<dyn Driver>, Option<PathBuf>) = match (&target.guest_dir, &target.snapshot) {
-        (Some(dir), _) => (Box::new(QemuGuest::attach(dir)?), Some(dir.join("profile.json"))),
-        (None, Some(file)) => (Box::new(Snapshot::open(file)?), None),
-        (None, None) => anyhow::bail!("say which guest: --guest-dir DIR or --snapshot FILE"),
-    };
+    let (driver, default_profile): (Box<dyn Driver>, Option<PathBuf>) =
+        match (&target.guest_dir, &target.snapshot) {
+            (Some(dir), _) => (
+                Box::new(QemuGuest::attach(dir)?),
+                Some(dir.join("profile.json")),
+            ),
+            (None, Some(file)) => (Box::new(Snapshot::open(file)?), None),
+            (None, None) => anyhow::bail!("say which guest: --guest-dir DIR or --snapshot FILE"),
+        };
     let profile_path = profile
         .or(default_profile)
         .context("--profile is required with --snapshot")?;
@@ -196,8 +236,22 @@ fn hexdump(address: u64, bytes: &[u8]) -> String {
         .enumerate()
         .map(|(i, row)| {
             let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
-            let ascii: String = row.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
-            format!("{:016x}  {:<47}  {}\n", address + 16 * i as u64, hex.join(" "), ascii)
+            let ascii: String = row
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            format!(
+                "{:016x}  {:<47}  {}\n",
+                address + 16 * i as u64,
+                hex.join(" "),
+                ascii
+            )
         })
         .collect()
 }

@@ -28,25 +28,38 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test binary has a path");
     // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_owned()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .to_owned()
 }
 
 pub fn furnace_bin() -> PathBuf {
     let bin = bin_dir().join("furnace");
-    assert!(bin.is_file(), "{} is missing; run `make test` (it builds the binaries first)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing; run `make test` (it builds the binaries first)",
+        bin.display()
+    );
     bin
 }
 
 /// Runs `furnace ARGS`, returning its output whatever the exit status.
 pub fn furnace(args: &[&str]) -> Output {
-    Command::new(furnace_bin()).args(args).output().expect("furnace runs")
+    Command::new(furnace_bin())
+        .args(args)
+        .output()
+        .expect("furnace runs")
 }
 
 /// Runs `furnace ARGS` and parses its stdout as JSON; fails with stderr if it failed.
 pub fn furnace_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> {
     let out = furnace(args);
     if !out.status.success() {
-        bail!("furnace {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "furnace {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("furnace {args:?} printed no JSON"))
 }
@@ -56,7 +69,9 @@ static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 extern "C" fn stop_started_guests() {
     let names = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|p| p.into_inner()));
     for name in names {
-        let _ = Command::new(furnace_bin()).args(["guest", "down", &name]).output();
+        let _ = Command::new(furnace_bin())
+            .args(["guest", "down", &name])
+            .output();
     }
 }
 
@@ -84,11 +99,27 @@ impl TestGuest {
         args.extend_from_slice(extra);
         let out = furnace(&args);
         if !out.status.success() {
-            bail!("furnace guest up {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "furnace guest up {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim());
-        anyhow::ensure!(dir.is_dir(), "guest up printed {dir:?}, which is not a directory");
-        Ok(TestGuest { name, dir, pausing: Mutex::new(()) })
+        let dir = PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim(),
+        );
+        anyhow::ensure!(
+            dir.is_dir(),
+            "guest up printed {dir:?}, which is not a directory"
+        );
+        Ok(TestGuest {
+            name,
+            dir,
+            pausing: Mutex::new(()),
+        })
     }
 
     pub fn dir_str(&self) -> &str {
@@ -125,8 +156,13 @@ impl TestGuest {
 
     /// Kills QEMU outright, as a crash would.
     pub fn kill_qemu(&self) -> Result<()> {
-        let pid: i32 = std::fs::read_to_string(self.dir.join("qemu.pid"))?.trim().parse()?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        let pid: i32 = std::fs::read_to_string(self.dir.join("qemu.pid"))?
+            .trim()
+            .parse()?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
         for _ in 0..100 {
             if !Path::new(&format!("/proc/{pid}/exe")).exists() {
                 return Ok(());
@@ -139,8 +175,14 @@ impl TestGuest {
 
 fn assert_workers_as_in_guest(truth: &[GuestProcess], seen: &[Process]) {
     for worker in WORKERS {
-        let t = truth.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("the guest runs {worker}"));
-        let s = seen.iter().find(|p| p.name == *worker).unwrap_or_else(|| panic!("VMI sees {worker}"));
+        let t = truth
+            .iter()
+            .find(|p| p.name == *worker)
+            .unwrap_or_else(|| panic!("the guest runs {worker}"));
+        let s = seen
+            .iter()
+            .find(|p| p.name == *worker)
+            .unwrap_or_else(|| panic!("VMI sees {worker}"));
         assert_eq!(s.ppid, t.ppid, "{worker} ppid");
         let uid = match t.user.as_str() {
             "root" => 0,
@@ -163,7 +205,9 @@ pub fn comm_as_ps_shows_it(guest_ps_name: &str) -> String {
 }
 
 pub fn ground_truth_set(ps: &[GuestProcess]) -> BTreeSet<(u32, String)> {
-    ps.iter().map(|p| (p.pid, comm_as_ps_shows_it(&p.name))).collect()
+    ps.iter()
+        .map(|p| (p.pid, comm_as_ps_shows_it(&p.name)))
+        .collect()
 }
 
 pub fn vmi_set(ps: &[Process]) -> BTreeSet<(u32, String)> {
@@ -171,7 +215,10 @@ pub fn vmi_set(ps: &[Process]) -> BTreeSet<(u32, String)> {
 }
 
 /// Describes how two (pid, name) sets differ, or `None` when equal.
-pub fn set_difference(truth: &BTreeSet<(u32, String)>, seen: &BTreeSet<(u32, String)>) -> Option<String> {
+pub fn set_difference(
+    truth: &BTreeSet<(u32, String)>,
+    seen: &BTreeSet<(u32, String)>,
+) -> Option<String> {
     if truth == seen {
         return None;
     }

@@ -15,12 +15,28 @@ struct Booted {
 fn check(guest: TestGuest) -> Booted {
     let dir = guest.dir_str().to_owned();
     let kallsyms = furnace::guest::console::boot_kallsyms(&guest.dir).unwrap();
-    let truth = kallsyms.iter().find(|(n, _)| n == "init_task").expect("kallsyms has init_task").1;
-    let seen: Vec<Symbol> = furnace_json(&["vmi", "sym", "init_task", "--guest-dir", &dir, "--json"]).unwrap();
-    assert_eq!(seen[0].address, truth, "{}: VMI init_task {:#x} != kallsyms {truth:#x}", guest.name, seen[0].address);
-    guest.assert_ps_matches(|_| furnace_json::<Vec<Process>>(&["vmi", "ps", "--guest-dir", &dir, "--json"]));
-    let info: serde_json::Value = furnace_json(&["vmi", "info", "--guest-dir", &dir, "--json"]).unwrap();
-    Booted { init_task: truth, paging: info["paging"].as_str().unwrap().to_owned(), guest }
+    let truth = kallsyms
+        .iter()
+        .find(|(n, _)| n == "init_task")
+        .expect("kallsyms has init_task")
+        .1;
+    let seen: Vec<Symbol> =
+        furnace_json(&["vmi", "sym", "init_task", "--guest-dir", &dir, "--json"]).unwrap();
+    assert_eq!(
+        seen[0].address, truth,
+        "{}: VMI init_task {:#x} != kallsyms {truth:#x}",
+        guest.name, seen[0].address
+    );
+    guest.assert_ps_matches(|_| {
+        furnace_json::<Vec<Process>>(&["vmi", "ps", "--guest-dir", &dir, "--json"])
+    });
+    let info: serde_json::Value =
+        furnace_json(&["vmi", "info", "--guest-dir", &dir, "--json"]).unwrap();
+    Booted {
+        init_task: truth,
+        paging: info["paging"].as_str().unwrap().to_owned(),
+        guest,
+    }
 }
 
 #[test]
@@ -28,12 +44,19 @@ fn two_boots_with_different_kernel_offsets_are_both_read_correctly() {
     let (fixed, randomized) = std::thread::scope(|s| {
         let fixed = s.spawn(|| TestGuest::start("nokaslr", &["--no-kaslr"]).map(check));
         let randomized = s.spawn(|| TestGuest::start("kaslr-la57", &["--cpu", "max"]).map(check));
-        (fixed.join().unwrap().unwrap(), randomized.join().unwrap().unwrap())
+        (
+            fixed.join().unwrap().unwrap(),
+            randomized.join().unwrap().unwrap(),
+        )
     });
     assert_ne!(
         fixed.init_task, randomized.init_task,
         "the two boots must place the kernel differently for this test to mean anything"
     );
     assert_eq!(fixed.paging, "FourLevel", "{}", fixed.guest.name);
-    assert_eq!(randomized.paging, "FiveLevel", "{}: `-cpu max` offers LA57", randomized.guest.name);
+    assert_eq!(
+        randomized.paging, "FiveLevel",
+        "{}: `-cpu max` offers LA57",
+        randomized.guest.name
+    );
 }

@@ -26,8 +26,19 @@ fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
     let profile = guest().dir.join("profile.json");
     guest().assert_ps_matches(|qemu| {
         let size = qemu.physical_size();
-        qemu.qmp_execute("pmemsave", Some(json!({"val": 0, "size": size, "filename": raw})))?;
-        furnace_json(&["vmi", "ps", "--snapshot", raw.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])
+        qemu.qmp_execute(
+            "pmemsave",
+            Some(json!({"val": 0, "size": size, "filename": raw})),
+        )?;
+        furnace_json(&[
+            "vmi",
+            "ps",
+            "--snapshot",
+            raw.to_str().unwrap(),
+            "--profile",
+            profile.to_str().unwrap(),
+            "--json",
+        ])
     });
 }
 
@@ -38,8 +49,19 @@ fn dump_guest_memory_elf_ps_equals_the_guests_own_ps() {
     let profile = guest().dir.join("profile.json");
     guest().assert_ps_matches(|qemu| {
         let protocol = format!("file:{}", elf.display());
-        qemu.qmp_execute("dump-guest-memory", Some(json!({"paging": false, "protocol": protocol})))?;
-        furnace_json(&["vmi", "ps", "--snapshot", elf.to_str().unwrap(), "--profile", profile.to_str().unwrap(), "--json"])
+        qemu.qmp_execute(
+            "dump-guest-memory",
+            Some(json!({"paging": false, "protocol": protocol})),
+        )?;
+        furnace_json(&[
+            "vmi",
+            "ps",
+            "--snapshot",
+            elf.to_str().unwrap(),
+            "--profile",
+            profile.to_str().unwrap(),
+            "--json",
+        ])
     });
 }
 
@@ -48,7 +70,8 @@ fn modules_equal_proc_modules() {
     let g = guest();
     let truth = furnace::guest::console::modules(&g.dir, GROUND_TRUTH_TIMEOUT).unwrap();
     assert!(!truth.is_empty(), "the workload loads modules");
-    let seen: Vec<Module> = furnace_json(&["vmi", "modules", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let seen: Vec<Module> =
+        furnace_json(&["vmi", "modules", "--guest-dir", g.dir_str(), "--json"]).unwrap();
     let truth: Vec<(String, u64)> = truth.into_iter().map(|m| (m.name, m.size)).collect();
     let seen: Vec<(String, u64)> = seen.into_iter().map(|m| (m.name, m.size)).collect();
     assert_eq!(seen, truth, "module list (name, size) in list order");
@@ -60,38 +83,91 @@ fn symbols_equal_the_guests_kallsyms() {
     let kallsyms = furnace::guest::console::boot_kallsyms(&g.dir).unwrap();
     assert!(kallsyms.len() >= 2);
     for (name, address) in kallsyms {
-        let seen: Vec<Symbol> = furnace_json(&["vmi", "sym", &name, "--guest-dir", g.dir_str(), "--json"]).unwrap();
-        assert_eq!(seen[0].address, address, "{name}: VMI says {:#x}, the guest's kallsyms {address:#x}", seen[0].address);
+        let seen: Vec<Symbol> =
+            furnace_json(&["vmi", "sym", &name, "--guest-dir", g.dir_str(), "--json"]).unwrap();
+        assert_eq!(
+            seen[0].address, address,
+            "{name}: VMI says {:#x}, the guest's kallsyms {address:#x}",
+            seen[0].address
+        );
     }
 }
 
 #[test]
 fn reads_of_the_banner_agree_between_virtual_and_physical() {
     let g = guest();
-    let sym: Vec<Symbol> = furnace_json(&["vmi", "sym", "linux_banner", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let sym: Vec<Symbol> = furnace_json(&[
+        "vmi",
+        "sym",
+        "linux_banner",
+        "--guest-dir",
+        g.dir_str(),
+        "--json",
+    ])
+    .unwrap();
     let address = format!("{:#x}", sym[0].address);
-    let virt: serde_json::Value =
-        furnace_json(&["vmi", "read", "--address", &address, "--size", "14", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let virt: serde_json::Value = furnace_json(&[
+        "vmi",
+        "read",
+        "--address",
+        &address,
+        "--size",
+        "14",
+        "--guest-dir",
+        g.dir_str(),
+        "--json",
+    ])
+    .unwrap();
     assert_eq!(virt["hex"], hex_of(b"Linux version "));
-    let t: furnace_api::Translation =
-        furnace_json(&["vmi", "translate", "--address", &address, "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let t: furnace_api::Translation = furnace_json(&[
+        "vmi",
+        "translate",
+        "--address",
+        &address,
+        "--guest-dir",
+        g.dir_str(),
+        "--json",
+    ])
+    .unwrap();
     let physical = format!("{:#x}", t.physical_address);
-    let phys: serde_json::Value =
-        furnace_json(&["vmi", "read", "--physical", "--address", &physical, "--size", "14", "--guest-dir", g.dir_str(), "--json"])
-            .unwrap();
+    let phys: serde_json::Value = furnace_json(&[
+        "vmi",
+        "read",
+        "--physical",
+        "--address",
+        &physical,
+        "--size",
+        "14",
+        "--guest-dir",
+        g.dir_str(),
+        "--json",
+    ])
+    .unwrap();
     assert_eq!(phys["hex"], virt["hex"]);
 }
 
 #[test]
 fn user_memory_of_a_process_translates_through_its_own_page_tables() {
     let g = guest();
-    let ps: Vec<Process> = furnace_json(&["vmi", "ps", "--guest-dir", g.dir_str(), "--json"]).unwrap();
+    let ps: Vec<Process> =
+        furnace_json(&["vmi", "ps", "--guest-dir", g.dir_str(), "--json"]).unwrap();
     let worker = ps.iter().find(|p| p.name == "fworker-alpha").unwrap();
     // busybox is a static non-PIE ELF loaded at 0x400000: its first bytes are the ELF magic.
     let pid = worker.pid.to_string();
-    let read: serde_json::Value =
-        furnace_json(&["vmi", "read", "--pid", &pid, "--address", "0x400000", "--size", "4", "--guest-dir", g.dir_str(), "--json"])
-            .unwrap();
+    let read: serde_json::Value = furnace_json(&[
+        "vmi",
+        "read",
+        "--pid",
+        &pid,
+        "--address",
+        "0x400000",
+        "--size",
+        "4",
+        "--guest-dir",
+        g.dir_str(),
+        "--json",
+    ])
+    .unwrap();
     assert_eq!(read["hex"], hex_of(b"\x7fELF"));
 }
 

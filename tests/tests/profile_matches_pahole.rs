@@ -25,14 +25,7 @@ struct Kernel {
 fn kernel() -> &'static Kernel {
     static KERNEL: OnceLock<Kernel> = OnceLock::new();
     KERNEL.get_or_init(|| {
-        let dir = std::env::var_os("FURNACE_KERNEL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                panic!(
-                "FURNACE_KERNEL_DIR is not set; run this test via `make test`, which fetches the \
-                 test kernel and sets it to the directory holding vmlinux and System.map"
-            )
-            });
+        let dir = furnace_tests::kernel_dir();
         let vmlinux = dir.join("vmlinux");
         let system_map = dir.join("System.map");
         for f in [&vmlinux, &system_map] {

@@ -47,19 +47,20 @@ pub enum VmiError {
     #[error("QMP: {0}")]
     Qmp(String),
 
-    #[error("{context}: {source}")]
+    // The cause is part of the message rather than a `#[source]`, so callers
+    // that print the whole chain do not repeat it.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 impl VmiError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         VmiError::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 
@@ -77,6 +78,12 @@ impl VmiError {
             | VmiError::BadSnapshot { .. }
             | VmiError::BadGuestDir { .. } => ErrorCode::InvalidArgument,
             VmiError::Unsupported(_) => ErrorCode::Unsupported,
+            VmiError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
+                ErrorCode::NotFound
+            }
+            VmiError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => {
+                ErrorCode::NotPermitted
+            }
             VmiError::Qmp(_) | VmiError::Io { .. } => ErrorCode::Internal,
         }
     }

@@ -39,8 +39,12 @@ fn request_block(dir: &Path, command: &str, marker: &str, timeout: Duration) -> 
         SEQUENCE.fetch_add(1, Ordering::Relaxed),
         now.as_nanos()
     );
-    let mut control = UnixStream::connect(dir.join("control.sock"))
-        .with_context(|| format!("connecting to the guest's control port in {}", dir.display()))?;
+    let mut control = UnixStream::connect(dir.join("control.sock")).with_context(|| {
+        format!(
+            "connecting to the guest's control port in {}",
+            dir.display()
+        )
+    })?;
     control.set_write_timeout(Some(Duration::from_secs(5)))?;
     // The leading newline ends any partial line a client that died mid-write left behind.
     control.write_all(format!("\n{command} {nonce}\n").as_bytes())?;
@@ -57,7 +61,9 @@ fn wait_block(console: &Path, marker: &str, nonce: &str, timeout: Duration) -> R
     let deadline = Instant::now() + timeout;
     loop {
         // The guest's tty turns "\n" into "\r\n" on the serial line.
-        let text = std::fs::read_to_string(console).unwrap_or_default().replace("\r\n", "\n");
+        let text = std::fs::read_to_string(console)
+            .unwrap_or_default()
+            .replace("\r\n", "\n");
         if let Some(block) = text
             .split_once(&begin)
             .and_then(|(_, after)| after.split_once(&end))
@@ -80,7 +86,12 @@ pub fn processes(dir: &Path, timeout: Duration) -> Result<Vec<GuestProcess>> {
 
 /// The process list the workload printed at boot.
 pub fn boot_processes(dir: &Path) -> Result<Vec<GuestProcess>> {
-    parse_ps(&wait_block(&dir.join("console.log"), "FURNACE-PS", "boot", Duration::ZERO)?)
+    parse_ps(&wait_block(
+        &dir.join("console.log"),
+        "FURNACE-PS",
+        "boot",
+        Duration::ZERO,
+    )?)
 }
 
 pub fn modules(dir: &Path, timeout: Duration) -> Result<Vec<GuestModule>> {
@@ -103,7 +114,8 @@ fn parse_kallsyms(line: &str) -> Result<Vec<(String, u64)>> {
         .chunks(3)
         .filter(|c| c.len() == 3)
         .map(|c| {
-            let address = u64::from_str_radix(c[0], 16).with_context(|| format!("bad kallsyms address {:?}", c[0]))?;
+            let address = u64::from_str_radix(c[0], 16)
+                .with_context(|| format!("bad kallsyms address {:?}", c[0]))?;
             Ok((c[2].to_owned(), address))
         })
         .collect()
@@ -117,7 +129,9 @@ fn parse_ps(block: &str) -> Result<Vec<GuestProcess>> {
     let mut processes = Vec::new();
     for line in block.lines() {
         let mut words = line.split_whitespace();
-        let (Some(pid), Some(ppid), Some(user), Some(name)) = (words.next(), words.next(), words.next(), words.next()) else {
+        let (Some(pid), Some(ppid), Some(user), Some(name)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
             continue;
         };
         let (Ok(pid), Ok(ppid)) = (pid.parse::<u32>(), ppid.parse::<u32>()) else {
@@ -144,10 +158,15 @@ fn parse_modules(block: &str) -> Result<Vec<GuestModule>> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
-            let (name, size) = line.split_once(' ').with_context(|| format!("bad module line {line:?}"))?;
+            let (name, size) = line
+                .split_once(' ')
+                .with_context(|| format!("bad module line {line:?}"))?;
             Ok(GuestModule {
                 name: name.to_owned(),
-                size: size.trim().parse().with_context(|| format!("bad module size in {line:?}"))?,
+                size: size
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad module size in {line:?}"))?,
             })
         })
         .collect()
@@ -162,12 +181,27 @@ mod tests {
         let block = "PID   PPID  USER     COMMAND\n    1     0 root     init\n   70     1 tenant   fworker-gamma\n   84     1 root     ps\nFURNACE-PS-SELF 84\n";
         let ps = parse_ps(block).unwrap();
         assert_eq!(ps.len(), 2);
-        assert_eq!(ps[1], GuestProcess { pid: 70, ppid: 1, user: "tenant".into(), name: "fworker-gamma".into() });
+        assert_eq!(
+            ps[1],
+            GuestProcess {
+                pid: 70,
+                ppid: 1,
+                user: "tenant".into(),
+                name: "fworker-gamma".into()
+            }
+        );
     }
 
     #[test]
     fn kallsyms_lines_parse() {
-        let got = parse_kallsyms("ffffffff82a1aa40 D init_task ffffffff8211ffe0 D linux_banner ").unwrap();
-        assert_eq!(got, vec![("init_task".into(), 0xffffffff82a1aa40), ("linux_banner".into(), 0xffffffff8211ffe0)]);
+        let got = parse_kallsyms("ffffffff82a1aa40 D init_task ffffffff8211ffe0 D linux_banner ")
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("init_task".into(), 0xffffffff82a1aa40),
+                ("linux_banner".into(), 0xffffffff8211ffe0)
+            ]
+        );
     }
 }

@@ -23,21 +23,44 @@ enum Entry {
 
 /// Writes the initramfs for `kernel` to `out`.
 pub fn build(kernel: &CachedKernel, out: &Path) -> Result<()> {
-    let busybox = std::fs::read(BUSYBOX)
-        .with_context(|| format!("reading {BUSYBOX}; install Debian's busybox-static (`make deps`)"))?;
+    let busybox = std::fs::read(BUSYBOX).with_context(|| {
+        format!("reading {BUSYBOX}; install Debian's busybox-static (`make deps`)")
+    })?;
     let mut entries: Vec<(String, Entry)> = Vec::new();
-    for dir in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/furnace", "lib", "lib/modules", "proc", "sys", "dev", "tmp", "run"] {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "etc/furnace",
+        "lib",
+        "lib/modules",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+    ] {
         entries.push((dir.into(), Entry::Dir));
     }
-    let file = |mode, data: &[u8]| Entry::File { mode, data: data.to_vec() };
+    let file = |mode, data: &[u8]| Entry::File {
+        mode,
+        data: data.to_vec(),
+    };
     entries.push(("bin/busybox".into(), file(0o755, &busybox)));
     entries.push(("bin/sh".into(), file(0o755, &busybox)));
     entries.push(("init".into(), file(0o755, INIT.as_bytes())));
     for worker in WORKERS {
         entries.push((format!("usr/bin/{worker}"), file(0o755, WORKER.as_bytes())));
     }
-    entries.push((KNOWN_FILE.trim_start_matches('/').into(), file(0o644, b"furnace ground truth\n")));
-    let passwd = format!("root:x:0:0:root:/:/bin/sh\ntenant:x:{TENANT_UID}:{TENANT_UID}:tenant:/:/bin/sh\n");
+    entries.push((
+        KNOWN_FILE.trim_start_matches('/').into(),
+        file(0o644, b"furnace ground truth\n"),
+    ));
+    let passwd =
+        format!("root:x:0:0:root:/:/bin/sh\ntenant:x:{TENANT_UID}:{TENANT_UID}:tenant:/:/bin/sh\n");
     entries.push(("etc/passwd".into(), file(0o644, passwd.as_bytes())));
     let group = format!("root:x:0:\ntenant:x:{TENANT_UID}:\n");
     entries.push(("etc/group".into(), file(0o644, group.as_bytes())));
@@ -50,14 +73,20 @@ pub fn build(kernel: &CachedKernel, out: &Path) -> Result<()> {
         load_order.push_str(name.trim_end_matches(".ko"));
         load_order.push('\n');
     }
-    entries.push(("lib/modules/load-order".into(), file(0o644, load_order.as_bytes())));
+    entries.push((
+        "lib/modules/load-order".into(),
+        file(0o644, load_order.as_bytes()),
+    ));
 
     let inputs = entries.into_iter().map(|(name, entry)| {
         let (mode, data) = match entry {
             Entry::Dir => (0o040755, Vec::new()),
             Entry::File { mode, data } => (0o100000 | mode, data),
         };
-        (cpio::NewcBuilder::new(&name).mode(mode).nlink(1), Cursor::new(data))
+        (
+            cpio::NewcBuilder::new(&name).mode(mode).nlink(1),
+            Cursor::new(data),
+        )
     });
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());

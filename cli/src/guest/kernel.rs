@@ -94,13 +94,17 @@ pub fn ensure(release: Option<&str>) -> Result<CachedKernel> {
         .prefix(&format!(".{}-", kernel.release))
         .tempdir_in(cache_root())
         .context("creating a staging directory in the kernel cache")?;
-    eprintln!("furnace: fetching Debian kernel {} and its -dbg package", kernel.release);
+    eprintln!(
+        "furnace: fetching Debian kernel {} and its -dbg package",
+        kernel.release
+    );
     fetch_into(&kernel.release, staging.path())?;
     eprintln!("furnace: building the ISF profile for {}", kernel.release);
-    let profile = furnace_vmi::profile::build::build_profile(&furnace_vmi::profile::build::BuildInputs {
-        vmlinux: &staging.path().join("vmlinux"),
-        system_map: Some(&staging.path().join("System.map")),
-    })?;
+    let profile =
+        furnace_vmi::profile::build::build_profile(&furnace_vmi::profile::build::BuildInputs {
+            vmlinux: &staging.path().join("vmlinux"),
+            system_map: Some(&staging.path().join("System.map")),
+        })?;
     let json = serde_json::to_vec(&profile)?;
     std::fs::write(staging.path().join("profile.json"), json)?;
     let staged = staging.keep();
@@ -147,8 +151,14 @@ fn fetch_into(release: &str, dir: &Path) -> Result<()> {
             format!("./usr/lib/debug/boot/System.map-{release}"),
         ],
     )?;
-    std::fs::rename(dir.join(format!("boot/vmlinuz-{release}")), dir.join("vmlinuz"))?;
-    std::fs::rename(dir.join(format!("usr/lib/debug/boot/vmlinux-{release}")), dir.join("vmlinux"))?;
+    std::fs::rename(
+        dir.join(format!("boot/vmlinuz-{release}")),
+        dir.join("vmlinuz"),
+    )?;
+    std::fs::rename(
+        dir.join(format!("usr/lib/debug/boot/vmlinux-{release}")),
+        dir.join("vmlinux"),
+    )?;
     std::fs::rename(
         dir.join(format!("usr/lib/debug/boot/System.map-{release}")),
         dir.join("System.map"),
@@ -187,7 +197,10 @@ fn extract(deb: &Path, dir: &Path, members: &[String]) -> Result<()> {
     // tar closing the pipe early makes dpkg-deb die of SIGPIPE; that is expected.
     let _ = dpkg.wait();
     if !status.success() {
-        bail!("extracting {members:?} from {} failed ({status})", deb.display());
+        bail!(
+            "extracting {members:?} from {} failed ({status})",
+            deb.display()
+        );
     }
     Ok(())
 }
@@ -212,7 +225,10 @@ mod tests {
     #[test]
     fn the_release_comes_from_the_meta_package_dependency() {
         let show = "Package: linux-image-cloud-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)\n";
-        assert_eq!(release_from_depends(show).as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(
+            release_from_depends(show).as_deref(),
+            Some("6.1.0-56-cloud-amd64")
+        );
         assert_eq!(release_from_depends("Package: x\n"), None);
     }
 }

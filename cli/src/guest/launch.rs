@@ -58,7 +58,9 @@ pub fn guest_dir(root: &Path, name: &str) -> PathBuf {
 fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 48
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-');
     if !ok {
         bail!("guest name {name:?} must be 1-48 characters of a-z, 0-9 and '-', not starting with '-'");
@@ -71,7 +73,10 @@ fn validate_name(name: &str) -> Result<()> {
 pub fn up(options: &UpOptions) -> Result<PathBuf> {
     validate_name(&options.name)?;
     if options.memory_mib < 128 || options.memory_mib > 3072 {
-        bail!("--memory {} MiB is outside 128..=3072 (RAM must stay below the PCI hole)", options.memory_mib);
+        bail!(
+            "--memory {} MiB is outside 128..=3072 (RAM must stay below the PCI hole)",
+            options.memory_mib
+        );
     }
     let dir = guest_dir(&options.root, &options.name);
     if let Some(pid) = running_qemu(&dir) {
@@ -83,7 +88,8 @@ pub fn up(options: &UpOptions) -> Result<PathBuf> {
     }
     let kernel = kernel::ensure(options.kernel_release.as_deref())?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing stale {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -120,7 +126,12 @@ pub fn up(options: &UpOptions) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn qemu_command(options: &UpOptions, dir: &Path, kernel: &kernel::CachedKernel, initrd: &Path) -> Command {
+fn qemu_command(
+    options: &UpOptions,
+    dir: &Path,
+    kernel: &kernel::CachedKernel,
+    initrd: &Path,
+) -> Command {
     let p = |name: &str| dir.join(name).display().to_string();
     let accel = match options.accel {
         Accel::Tcg => "tcg",
@@ -133,7 +144,10 @@ fn qemu_command(options: &UpOptions, dir: &Path, kernel: &kernel::CachedKernel, 
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args(["-name", &format!("furnace-{}", options.name)])
-        .args(["-machine", &format!("pc,accel={accel},memory-backend=pc.ram")])
+        .args([
+            "-machine",
+            &format!("pc,accel={accel},memory-backend=pc.ram"),
+        ])
         .args(["-cpu", &options.cpu])
         .args(["-smp", &options.vcpus.to_string()])
         .args(["-m", &format!("{}M", options.memory_mib)])
@@ -151,12 +165,27 @@ fn qemu_command(options: &UpOptions, dir: &Path, kernel: &kernel::CachedKernel, 
         .arg(initrd)
         .args(["-append", &append])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
-        .args(["-chardev", &format!("file,id=console,path={}", p("console.log"))])
+        .args([
+            "-chardev",
+            &format!("file,id=console,path={}", p("console.log")),
+        ])
         .args(["-serial", "chardev:console"])
-        .args(["-chardev", &format!("socket,id=control,path={},server=on,wait=off", p("control.sock"))])
+        .args([
+            "-chardev",
+            &format!(
+                "socket,id=control,path={},server=on,wait=off",
+                p("control.sock")
+            ),
+        ])
         .args(["-serial", "chardev:control"])
-        .args(["-qmp", &format!("unix:{},server=on,wait=off", p("qmp.sock"))])
-        .args(["-gdb", &format!("unix:{},server=on,wait=off", p("gdb.sock"))])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p("qmp.sock")),
+        ])
+        .args([
+            "-gdb",
+            &format!("unix:{},server=on,wait=off", p("gdb.sock")),
+        ])
         .args(["-daemonize", "-pidfile", &p("qemu.pid")]);
     command
 }
@@ -170,7 +199,10 @@ fn wait_ready(dir: &Path, pid: i32, timeout: Duration) -> Result<()> {
             return Ok(());
         }
         if !alive(pid) {
-            bail!("QEMU exited before the guest was ready; console:\n{}", tail(&text, 30));
+            bail!(
+                "QEMU exited before the guest was ready; console:\n{}",
+                tail(&text, 30)
+            );
         }
         if Instant::now() >= deadline {
             bail!(
@@ -201,7 +233,11 @@ pub fn down(root: &Path, name: &str) -> Result<()> {
 }
 
 fn read_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("qemu.pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` exists and is not a zombie (a daemonized QEMU is reaped by
@@ -222,8 +258,9 @@ fn running_qemu(dir: &Path) -> Option<i32> {
     let pid = read_pid(dir)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
-    (cmdline.contains("qemu-system") && cmdline.contains(&dir.join("qmp.sock").display().to_string()))
-        .then_some(pid)
+    (cmdline.contains("qemu-system")
+        && cmdline.contains(&dir.join("qmp.sock").display().to_string()))
+    .then_some(pid)
 }
 
 fn stop_qemu(dir: &Path, pid: i32) -> Result<()> {

@@ -86,7 +86,8 @@ pub fn run(command: GuestCommand) -> Result<()> {
             println!("{}", kernel::ensure(release.as_deref())?.dir.display());
         }
         GuestCommand::Ps { name, root, json } => {
-            let processes = console::processes(&launch::guest_dir(&root, &name), Duration::from_secs(30))?;
+            let processes =
+                console::processes(&launch::guest_dir(&root, &name), Duration::from_secs(30))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&processes)?);
             } else {

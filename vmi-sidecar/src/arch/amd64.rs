@@ -77,14 +77,21 @@ pub fn translate(
         memory.read_physical(table + index * 8, &mut raw)?;
         let entry = u64::from_le_bytes(raw);
         if entry & PRESENT == 0 {
-            return Err(VmiError::NotMapped { address, dtb, level });
+            return Err(VmiError::NotMapped {
+                address,
+                dtb,
+                level,
+            });
         }
         let frame = entry & FRAME_MASK;
         // PS at the PDPT (level 3) or PD (level 2) maps a 1 GiB or 2 MiB page.
         if level == 1 || (matches!(level, 2 | 3) && entry & PAGE_SIZE_BIT != 0) {
             let page_size = 1u64 << shift;
             let physical = (frame & !(page_size - 1)) | (address & (page_size - 1));
-            return Ok(Translation { physical, page_size });
+            return Ok(Translation {
+                physical,
+                page_size,
+            });
         }
         table = frame;
     }
@@ -137,17 +144,35 @@ mod tests {
         mem.set_entry(pd, idx(va_4k, 2), pt | 3);
         mem.set_entry(pt, idx(va_4k, 1), 0x7654_3000 | 3 | (1 << 63));
         let t = translate(&mem, pml4 | 0x18, PagingMode::FourLevel, va_4k).unwrap();
-        assert_eq!(t, Translation { physical: 0x7654_3234, page_size: 4096 });
+        assert_eq!(
+            t,
+            Translation {
+                physical: 0x7654_3234,
+                page_size: 4096
+            }
+        );
 
         let va_2m = 0xffff_8880_0040_0000u64 + 0x12_3456;
         mem.set_entry(pd, idx(va_2m, 2), 0x4_0020_0000 | 0x83);
         let t = translate(&mem, pml4, PagingMode::FourLevel, va_2m).unwrap();
-        assert_eq!(t, Translation { physical: 0x4_0032_3456, page_size: 2 << 20 });
+        assert_eq!(
+            t,
+            Translation {
+                physical: 0x4_0032_3456,
+                page_size: 2 << 20
+            }
+        );
 
         let va_1g = 0xffff_8881_4000_0000u64 + 0x1234_5678;
         mem.set_entry(pdpt, idx(va_1g, 3), 0x80_4000_0000 | 0x83);
         let t = translate(&mem, pml4, PagingMode::FourLevel, va_1g).unwrap();
-        assert_eq!(t, Translation { physical: 0x80_5234_5678, page_size: 1 << 30 });
+        assert_eq!(
+            t,
+            Translation {
+                physical: 0x80_5234_5678,
+                page_size: 1 << 30
+            }
+        );
     }
 
     #[test]
@@ -174,7 +199,17 @@ mod tests {
         let mem = PageStore::new();
         mem.set_entry(0x1000, 0, 0x2000 | 1);
         let err = translate(&mem, 0x1000, PagingMode::FourLevel, 0x1000).unwrap_err();
-        assert!(matches!(err, VmiError::NotMapped { level: 3, address: 0x1000, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                VmiError::NotMapped {
+                    level: 3,
+                    address: 0x1000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = translate(&mem, 0x1000, PagingMode::FourLevel, 0x7f00_0000_0000).unwrap_err();
         assert!(matches!(err, VmiError::NotMapped { level: 4, .. }), "{err}");
     }

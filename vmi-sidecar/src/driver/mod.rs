@@ -3,9 +3,9 @@
 //! [`PhysicalMemory`] alone; pausing needs [`VmControl`]; CR3/CR4 need
 //! [`VcpuRegisters`]. A snapshot has memory and nothing else.
 
-mod ram;
 pub mod qemu;
 pub mod qmp;
+mod ram;
 pub mod snapshot;
 
 pub use ram::{MappedRam, RamRegion};

@@ -8,8 +8,10 @@
 //! CLI beside a sidecar, a test pausing the guest) waits milliseconds, not
 //! forever. A connection costs well under a millisecond.
 
-use super::{Driver, MappedRam, PhysicalMemory, RamRegion, Registers, RunState, VcpuRegisters, VmControl};
 use super::qmp::QmpClient;
+use super::{
+    Driver, MappedRam, PhysicalMemory, RamRegion, Registers, RunState, VcpuRegisters, VmControl,
+};
 use crate::error::{Result, VmiError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,11 +35,15 @@ impl QemuGuest {
             reason,
         };
         if !dir.is_dir() {
-            return Err(bad("no such directory; start the guest with `furnace guest up NAME`".into()));
+            return Err(bad(
+                "no such directory; start the guest with `furnace guest up NAME`".into(),
+            ));
         }
         let ram_path = dir.join("ram");
         if !ram_path.is_file() {
-            return Err(bad("it has no `ram` file; was QEMU started with a shared memory-backend-file?".into()));
+            return Err(bad(
+                "it has no `ram` file; was QEMU started with a shared memory-backend-file?".into(),
+            ));
         }
         let qmp_socket = dir.join("qmp.sock");
         let mtree = QmpClient::connect(&qmp_socket)?.human_monitor("info mtree -f", None)?;
@@ -72,7 +78,10 @@ impl QemuGuest {
 
     fn with_qmp<T>(&self, f: impl FnOnce(&mut QmpClient) -> Result<T>) -> Result<T> {
         // The lock guards no data, so a panic elsewhere cannot leave it inconsistent.
-        let _serialized = self.qmp_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serialized = self
+            .qmp_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut QmpClient::connect(&self.qmp_socket)?)
     }
 }
@@ -110,7 +119,11 @@ impl VmControl for QemuGuest {
             Some("running") => RunState::Running,
             Some("paused") => RunState::Paused,
             Some(other) => RunState::Other(other.to_owned()),
-            None => return Err(VmiError::Qmp(format!("query-status: no status in {status}"))),
+            None => {
+                return Err(VmiError::Qmp(format!(
+                    "query-status: no status in {status}"
+                )))
+            }
         })
     }
 }
@@ -180,7 +193,10 @@ pub fn parse_ram_regions(mtree: &str, backend: &str) -> Vec<RamRegion> {
 fn parse_region_line(line: &str, backend: &str) -> Option<RamRegion> {
     let (range, rest) = line.split_once(' ')?;
     let (start, end) = range.split_once('-')?;
-    let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+    let (start, end) = (
+        u64::from_str_radix(start, 16).ok()?,
+        u64::from_str_radix(end, 16).ok()?,
+    );
     let (attrs, target) = rest.split_once("): ")?;
     if !(attrs.ends_with(", ram") || attrs.ends_with(", rom")) {
         return None;
@@ -212,11 +228,18 @@ pub fn parse_registers(text: &str) -> Result<Registers> {
         "R13", "R14", "R15",
     ];
     while let Some(word) = words.next() {
-        let Some((name, value)) = word.split_once('=') else { continue };
-        let Ok(value) = u64::from_str_radix(value, 16) else { continue };
+        let Some((name, value)) = word.split_once('=') else {
+            continue;
+        };
+        let Ok(value) = u64::from_str_radix(value, 16) else {
+            continue;
+        };
         // Segment lines read `FS=selector base limit flags`: the base follows.
         let next_hex = |words: &mut std::iter::Peekable<std::str::SplitWhitespace>| {
-            words.next().and_then(|w| u64::from_str_radix(w, 16).ok()).unwrap_or(0)
+            words
+                .next()
+                .and_then(|w| u64::from_str_radix(w, 16).ok())
+                .unwrap_or(0)
         };
         match name {
             "RIP" => regs.rip = value,
@@ -239,7 +262,9 @@ pub fn parse_registers(text: &str) -> Result<Registers> {
         }
     }
     if !seen_cr3 {
-        return Err(VmiError::Qmp(format!("`info registers` had no CR3: {text:?}")));
+        return Err(VmiError::Qmp(format!(
+            "`info registers` had no CR3: {text:?}"
+        )));
     }
     regs.rsp = regs.gpr[7];
     Ok(regs)
@@ -276,16 +301,29 @@ FlatView #2
         assert_eq!(
             regions,
             vec![
-                RamRegion { guest_address: 0, len: 0xa0000, file_offset: 0 },
-                RamRegion { guest_address: 0xc0000, len: 0x20000, file_offset: 0xc0000 },
-                RamRegion { guest_address: 0x100000, len: 0x1ff00000, file_offset: 0x100000 },
+                RamRegion {
+                    guest_address: 0,
+                    len: 0xa0000,
+                    file_offset: 0
+                },
+                RamRegion {
+                    guest_address: 0xc0000,
+                    len: 0x20000,
+                    file_offset: 0xc0000
+                },
+                RamRegion {
+                    guest_address: 0x100000,
+                    len: 0x1ff00000,
+                    file_offset: 0x100000
+                },
             ]
         );
     }
 
     #[test]
     fn registers_parse_from_hmp_text() {
-        let text = "RAX=0000000000000001 RBX=0000000000000002 RCX=0000000000000003 RDX=0000000000000004
+        let text =
+            "RAX=0000000000000001 RBX=0000000000000002 RCX=0000000000000003 RDX=0000000000000004
 RSI=0000000000000005 RDI=0000000000000006 RBP=0000000000000007 RSP=ffffffff82003e80
 R8 =0000000000000008 R9 =0000000000000009 R10=000000000000000a R11=000000000000000b
 R12=000000000000000c R13=000000000000000d R14=000000000000000e R15=000000000000000f

@@ -70,11 +70,16 @@ impl QmpClient {
             if let Some(error) = message.get("error") {
                 return Err(VmiError::Qmp(format!(
                     "{command}: {}",
-                    error.get("desc").and_then(Value::as_str).unwrap_or("unknown error")
+                    error
+                        .get("desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown error")
                 )));
             }
             if message.get("event").is_none() {
-                return Err(VmiError::Qmp(format!("{command}: unexpected reply {message}")));
+                return Err(VmiError::Qmp(format!(
+                    "{command}: unexpected reply {message}"
+                )));
             }
         }
     }
@@ -87,7 +92,9 @@ impl QmpClient {
         }
         match self.execute("human-monitor-command", Some(arguments))? {
             Value::String(text) => Ok(text),
-            other => Err(VmiError::Qmp(format!("{command_line}: expected text, got {other}"))),
+            other => Err(VmiError::Qmp(format!(
+                "{command_line}: expected text, got {other}"
+            ))),
         }
     }
 
@@ -105,9 +112,9 @@ impl QmpClient {
 fn gone_or_io(e: std::io::Error) -> VmiError {
     use std::io::ErrorKind::*;
     match e.kind() {
-        BrokenPipe | ConnectionReset | UnexpectedEof => {
-            VmiError::GuestGone(format!("QMP connection lost ({e}); QEMU has probably exited"))
-        }
+        BrokenPipe | ConnectionReset | UnexpectedEof => VmiError::GuestGone(format!(
+            "QMP connection lost ({e}); QEMU has probably exited"
+        )),
         WouldBlock | TimedOut => VmiError::GuestGone(format!(
             "QEMU did not answer on QMP within {REPLY_TIMEOUT:?}"
         )),

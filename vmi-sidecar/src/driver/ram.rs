@@ -48,10 +48,11 @@ impl MappedRam {
                 )));
             }
         }
-        if let Some(r) = regions
-            .iter()
-            .find(|r| r.file_offset.checked_add(r.len).is_none_or(|end| end > file_len))
-        {
+        if let Some(r) = regions.iter().find(|r| {
+            r.file_offset
+                .checked_add(r.len)
+                .is_none_or(|end| end > file_len)
+        }) {
             return Err(VmiError::BadSnapshot {
                 path: path.to_owned(),
                 reason: format!(
@@ -86,8 +87,8 @@ impl MappedRam {
 
     /// Maps the whole file as guest memory starting at physical address 0.
     pub fn open_flat(path: &Path, writable: bool) -> Result<Self> {
-        let file = File::open(path)
-            .map_err(|e| VmiError::io(format!("opening {}", path.display()), e))?;
+        let file =
+            File::open(path).map_err(|e| VmiError::io(format!("opening {}", path.display()), e))?;
         let len = file_len(&file, path)?;
         let region = RamRegion {
             guest_address: 0,
@@ -118,7 +119,8 @@ impl MappedRam {
             .checked_sub(1)?;
         let region = &self.regions[idx];
         let end = address.checked_add(len as u64)?;
-        (end <= region.end()).then(|| (region.file_offset + (address - region.guest_address)) as usize)
+        (end <= region.end())
+            .then(|| (region.file_offset + (address - region.guest_address)) as usize)
     }
 
     /// Splits a guest range at region boundaries, calling `f(file_offset, chunk_offset, chunk_len)`.
@@ -163,7 +165,10 @@ impl super::PhysicalMemory for MappedRam {
     }
 
     fn physical_ranges(&self) -> Vec<(u64, u64)> {
-        self.regions.iter().map(|r| (r.guest_address, r.len)).collect()
+        self.regions
+            .iter()
+            .map(|r| (r.guest_address, r.len))
+            .collect()
     }
 
     fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()> {
@@ -215,9 +220,21 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(0x3000).collect();
         let file = ram_file(&bytes);
         let regions = vec![
-            RamRegion { guest_address: 0, len: 0x1000, file_offset: 0 },
-            RamRegion { guest_address: 0x1000, len: 0x1000, file_offset: 0x2000 },
-            RamRegion { guest_address: 0x10000, len: 0x1000, file_offset: 0x1000 },
+            RamRegion {
+                guest_address: 0,
+                len: 0x1000,
+                file_offset: 0,
+            },
+            RamRegion {
+                guest_address: 0x1000,
+                len: 0x1000,
+                file_offset: 0x2000,
+            },
+            RamRegion {
+                guest_address: 0x10000,
+                len: 0x1000,
+                file_offset: 0x1000,
+            },
         ];
         let ram = MappedRam::open(file.path(), regions, false).unwrap();
         let mut buf = [0u8; 8];
@@ -227,7 +244,13 @@ mod tests {
         ram.read_physical(0x10000, &mut buf).unwrap();
         assert_eq!(&buf, &bytes[0x1000..0x1008]);
         let err = ram.read_physical(0x1ffc, &mut buf).unwrap_err();
-        assert!(matches!(err, VmiError::BadPhysicalAddress { address: 0x1ffc, len: 8 }));
+        assert!(matches!(
+            err,
+            VmiError::BadPhysicalAddress {
+                address: 0x1ffc,
+                len: 8
+            }
+        ));
         assert!(matches!(
             ram.read_physical(u64::MAX - 2, &mut buf),
             Err(VmiError::BadPhysicalAddress { .. })
@@ -238,7 +261,11 @@ mod tests {
     #[test]
     fn a_region_past_the_end_of_the_file_is_a_truncated_snapshot() {
         let file = ram_file(&[0u8; 0x1000]);
-        let regions = vec![RamRegion { guest_address: 0, len: 0x2000, file_offset: 0 }];
+        let regions = vec![RamRegion {
+            guest_address: 0,
+            len: 0x2000,
+            file_offset: 0,
+        }];
         let err = MappedRam::open(file.path(), regions, false).err().unwrap();
         assert!(err.to_string().contains("truncated"), "{err}");
     }
@@ -254,6 +281,9 @@ mod tests {
     fn snapshots_are_read_only() {
         let file = ram_file(&[0u8; 0x1000]);
         let ram = MappedRam::open_flat(file.path(), false).unwrap();
-        assert!(matches!(ram.write_physical(0, &[1]), Err(VmiError::Unsupported(_))));
+        assert!(matches!(
+            ram.write_physical(0, &[1]),
+            Err(VmiError::Unsupported(_))
+        ));
     }
 }

@@ -65,11 +65,17 @@ pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<()
         let mut line = [0u8; 256];
         let n = line.len().min((memory.physical_size() - at) as usize);
         memory.read_physical(at, &mut line[..n])?;
-        let end = line[..n].iter().position(|&b| b == b'\n' || b == 0).unwrap_or(n);
+        let end = line[..n]
+            .iter()
+            .position(|&b| b == b'\n' || b == 0)
+            .unwrap_or(n);
         let text = &line[..end];
         // The banner reads "Linux version X (builder) (compiler) #N ..."; the
         // same words also occur in unrelated text, which we skip.
-        if text.len() > 40 && text.iter().all(|b| b.is_ascii_graphic() || *b == b' ') && text.contains(&b'#') {
+        if text.len() > 40
+            && text.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+            && text.contains(&b'#')
+        {
             found = Some(String::from_utf8_lossy(text).into_owned());
             return Ok(false);
         }
@@ -94,13 +100,16 @@ pub fn locate(
 ) -> Result<KernelLocation> {
     let mut candidates = 0usize;
     let mut located = None;
-    let mut last_reason = String::from("the idle task's name `swapper/0` is nowhere in guest memory");
+    let mut last_reason =
+        String::from("the idle task's name `swapper/0` is nowhere in guest memory");
     scan_physical(memory, IDLE_COMM, |hit| {
         candidates += 1;
         if candidates > MAX_CANDIDATES {
             return Ok(false);
         }
-        let Some(task) = hit.checked_sub(layout.task_comm) else { return Ok(true) };
+        let Some(task) = hit.checked_sub(layout.task_comm) else {
+            return Ok(true);
+        };
         match try_candidate(memory, layout, registers, task) {
             Ok(location) => {
                 located = Some(location);
@@ -127,7 +136,9 @@ fn try_candidate(
 ) -> std::result::Result<KernelLocation, String> {
     let read_u64 = |at: u64| -> std::result::Result<u64, String> {
         let mut b = [0u8; 8];
-        memory.read_physical(at, &mut b).map_err(|e| e.to_string())?;
+        memory
+            .read_physical(at, &mut b)
+            .map_err(|e| e.to_string())?;
         Ok(u64::from_le_bytes(b))
     };
     let pid = read_u64(task + layout.task_pid)? as u32;
@@ -172,8 +183,9 @@ fn try_candidate(
         (None, None) => PagingMode::FourLevel,
     };
     let relocated = symbols.init_task.wrapping_add(virtual_shift);
-    let through_page_tables = amd64::translate(memory, location.dtb, location.paging_mode, relocated)
-        .map_err(|e| format!("kernel page tables do not map init_task: {e}"))?;
+    let through_page_tables =
+        amd64::translate(memory, location.dtb, location.paging_mode, relocated)
+            .map_err(|e| format!("kernel page tables do not map init_task: {e}"))?;
     if through_page_tables.physical != task {
         return Err(format!(
             "kernel page tables map init_task to {:#x}, not here",

@@ -85,7 +85,12 @@ impl LinuxKernel {
 
     /// Walks the page tables rooted at `dtb`.
     pub fn translate(&self, dtb: u64, address: u64) -> Result<Translation> {
-        amd64::translate(self.driver.as_ref(), dtb, self.location.paging_mode, address)
+        amd64::translate(
+            self.driver.as_ref(),
+            dtb,
+            self.location.paging_mode,
+            address,
+        )
     }
 
     /// Kernel virtual to physical (kv2p).
@@ -102,13 +107,14 @@ impl LinuxKernel {
     pub fn read_virtual(&self, dtb: u64, address: u64, buf: &mut [u8]) -> Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
-            let at = address
-                .checked_add(done as u64)
-                .ok_or_else(|| VmiError::InvalidArgument(format!("{address:#x}+{} wraps", buf.len())))?;
+            let at = address.checked_add(done as u64).ok_or_else(|| {
+                VmiError::InvalidArgument(format!("{address:#x}+{} wraps", buf.len()))
+            })?;
             let in_page = (PAGE_SIZE - (at & (PAGE_SIZE - 1))) as usize;
             let n = in_page.min(buf.len() - done);
             let t = self.translate(dtb, at)?;
-            self.driver.read_physical(t.physical, &mut buf[done..done + n])?;
+            self.driver
+                .read_physical(t.physical, &mut buf[done..done + n])?;
             done += n;
         }
         Ok(())

@@ -16,8 +16,16 @@ impl LinuxKernel {
     pub fn processes(&self) -> Result<Vec<Process>> {
         let l = &self.layout;
         let init_task = self.relocate(l.symbols.init_task);
-        let tasks = self.list_entries(init_task + l.task_tasks, l.task_tasks, MAX_TASKS, "task list")?;
-        tasks.into_iter().map(|task| self.process_at(task)).collect()
+        let tasks = self.list_entries(
+            init_task + l.task_tasks,
+            l.task_tasks,
+            MAX_TASKS,
+            "task list",
+        )?;
+        tasks
+            .into_iter()
+            .map(|task| self.process_at(task))
+            .collect()
     }
 
     /// The process with thread-group id `pid`.
@@ -47,7 +55,10 @@ impl LinuxKernel {
         let mm = self.read_kernel_u64(task + l.task_mm)?;
         let dtb = match mm {
             0 => 0,
-            mm => self.kernel_to_physical(self.read_kernel_u64(mm + l.mm_pgd)?)?.physical,
+            mm => {
+                self.kernel_to_physical(self.read_kernel_u64(mm + l.mm_pgd)?)?
+                    .physical
+            }
         };
         let cred = self.read_kernel_u64(task + l.task_real_cred)?;
         Ok(Process {
@@ -80,7 +91,13 @@ impl LinuxKernel {
 
     /// The containing objects of a circular `list_head` list, starting after
     /// `head`; `link_offset` is where the `list_head` sits in each object.
-    fn list_entries(&self, head: u64, link_offset: u64, max: usize, what: &str) -> Result<Vec<u64>> {
+    fn list_entries(
+        &self,
+        head: u64,
+        link_offset: u64,
+        max: usize,
+        what: &str,
+    ) -> Result<Vec<u64>> {
         let next_of = |node: u64| self.read_kernel_u64(node + self.layout.list_next);
         let mut entries = Vec::new();
         let mut node = next_of(head)?;

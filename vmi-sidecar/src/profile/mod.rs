@@ -61,14 +61,24 @@ impl Profile {
 
     /// The symbols, for reverse lookups and listing.
     pub fn symbols(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.isf.symbols.iter().map(|(n, s)| (n.as_str(), s.address))
+        self.isf
+            .symbols
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.address))
     }
 
     /// The kernel banner (`linux_banner`) the profile was built for, without
     /// its trailing NUL.
     pub fn banner(&self) -> Option<Vec<u8>> {
-        let data = self.isf.symbols.get("linux_banner")?.constant_data.as_ref()?;
-        let mut bytes = base64::engine::general_purpose::STANDARD.decode(data).ok()?;
+        let data = self
+            .isf
+            .symbols
+            .get("linux_banner")?
+            .constant_data
+            .as_ref()?;
+        let mut bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()?;
         while bytes.last() == Some(&0) {
             bytes.pop();
         }
@@ -76,10 +86,13 @@ impl Profile {
     }
 
     fn user_type(&self, name: &str) -> Result<&UserType> {
-        self.isf.user_types.get(name).ok_or_else(|| VmiError::NotFound {
-            what: "type",
-            name: name.to_owned(),
-        })
+        self.isf
+            .user_types
+            .get(name)
+            .ok_or_else(|| VmiError::NotFound {
+                what: "type",
+                name: name.to_owned(),
+            })
     }
 
     pub fn struct_size(&self, name: &str) -> Result<u64> {
@@ -116,12 +129,15 @@ impl Profile {
         if let Some(field) = fields.get(member).filter(|f| !f.anonymous) {
             return Some((field.offset, &field.type_));
         }
-        fields.values().filter(|f| f.anonymous).find_map(|f| match &f.type_ {
-            TypeRef::Struct { name } | TypeRef::Union { name } => self
-                .find_member(name, member, depth + 1)
-                .map(|(offset, ty)| (f.offset + offset, ty)),
-            _ => None,
-        })
+        fields
+            .values()
+            .filter(|f| f.anonymous)
+            .find_map(|f| match &f.type_ {
+                TypeRef::Struct { name } | TypeRef::Union { name } => self
+                    .find_member(name, member, depth + 1)
+                    .map(|(offset, ty)| (f.offset + offset, ty)),
+                _ => None,
+            })
     }
 
     /// Offsets of a dotted path such as `module.core_layout.base`.
@@ -186,7 +202,10 @@ mod tests {
         assert_eq!(p.member_offset("task_struct", "inner").unwrap(), 20);
         assert!(matches!(
             p.member_offset("task_struct", "nope"),
-            Err(VmiError::NotFound { what: "struct member", .. })
+            Err(VmiError::NotFound {
+                what: "struct member",
+                ..
+            })
         ));
         assert_eq!(p.symbol("init_task").unwrap(), 0xffffffff82a1aa40);
         assert_eq!(p.banner().unwrap(), b"Linux version 6.1\n");
@@ -194,7 +213,9 @@ mod tests {
 
     #[test]
     fn garbage_is_a_bad_profile() {
-        let err = Profile::from_json(Path::new("x.json"), b"{\"metadata\": 3}").err().unwrap();
+        let err = Profile::from_json(Path::new("x.json"), b"{\"metadata\": 3}")
+            .err()
+            .unwrap();
         assert!(matches!(err, VmiError::BadProfile { .. }), "{err}");
     }
 }
