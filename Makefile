@@ -11,8 +11,7 @@ demo: build kernel
 	bash scripts/demo.sh
 
 test: build kernel
-	FURNACE_BIN_DIR=$(BIN_DIR) FURNACE_KERNEL_DIR=$$($(FURNACE) guest fetch-kernel) \
-		$(CARGO) test --release --workspace -- --test-threads=2
+	FURNACE_BIN_DIR=$(BIN_DIR) bash scripts/test.sh
 
 deps:
 	bash scripts/install-deps.sh

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test (unit and end-to-end) from the release build and ends with
+# one summary line, "N passed, N failed", over all test binaries.
+set -euo pipefail
+
+furnace=${FURNACE_BIN_DIR:?}/furnace
+export FURNACE_KERNEL_DIR
+FURNACE_KERNEL_DIR=$("$furnace" guest fetch-kernel)
+
+log=$(mktemp /tmp/furnace-test.XXXXXX)
+status=0
+cargo test --release --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit "$status"
