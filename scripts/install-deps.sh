@@ -9,6 +9,7 @@ packages=(
     busybox-static    # the guest's userland
     dwarves           # pahole, ground truth for profile offsets
     binutils          # readelf/objcopy, ground truth for the banner bytes
+    python3-protobuf  # the Python SDK (for /usr/bin/python3)
     ca-certificates
 )
 

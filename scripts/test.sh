@@ -10,7 +10,12 @@ FURNACE_KERNEL_DIR=$("$furnace" guest fetch-kernel)
 log=$(mktemp /tmp/furnace-test.XXXXXX)
 status=0
 cargo test --release --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log" || status=$?
+# The Python SDK's own tests; Debian's python3 carries python3-protobuf.
+/usr/bin/python3 -m unittest discover -s api/python/tests -v 2>&1 | tee -a "$log" || status=$?
+# Totals over cargo's "test result:" lines and unittest's per-test "... ok" lines.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     / \.\.\. ok$/ && /^test_/ { p++ }
+     / \.\.\. (FAIL|ERROR)$/ && /^test_/ { f++ }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
 exit "$status"

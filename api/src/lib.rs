@@ -1,9 +1,30 @@
 //! The Furnace VMI protocol. The `.proto` files under `proto/` are the source
-//! of truth; everything here is generated from them or built on top of them.
+//! of truth; everything here is generated from them or built on top of them:
+//! the wire framing ([`wire`]), typed errors ([`error`]) and the Rust SDK
+//! ([`client`]).
 
 /// Generated from `proto/furnace/vmi/v1/*.proto`.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/furnace.vmi.v1.rs"));
 }
 
+/// The ttrpc envelope, generated from `proto/furnace/ttrpc/v1/ttrpc.proto`.
+pub mod ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/ttrpc.rs"));
+}
+
+pub mod client;
+pub mod error;
+pub mod wire;
+
+pub use client::{Admin, Batch, CallRef, Vmi};
+pub use error::ApiError;
 pub use v1::{ErrorCode, Module, Process, Symbol, Translation};
+
+/// The compiled `FileDescriptorSet` of every `.proto` here; the Python SDK
+/// ships a copy (`api/python/furnace_vmi/descriptors.binpb`).
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.binpb"));
+
+/// The service names on the wire.
+pub const VMI_SERVICE: &str = "furnace.vmi.v1.Vmi";
+pub const ADMIN_SERVICE: &str = "furnace.vmi.v1.Admin";

@@ -3,4 +3,5 @@
 
 pub mod guest;
 pub mod profile;
+pub mod sidecar;
 pub mod vmi;

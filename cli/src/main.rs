@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use furnace::{guest, profile, vmi};
+use furnace::{guest, profile, sidecar, vmi};
 use furnace_vmi::VmiError;
 
 /// Furnace: tenant VM introspection under containerd.
@@ -18,8 +18,10 @@ enum Command {
     /// Kernel profiles (Volatility 3 ISF).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
-    /// Introspect a guest or a snapshot.
+    /// Introspect a guest, a snapshot, or a guest through its sidecar.
     Vmi(vmi::VmiArgs),
+    /// Register and list the apps of a guest's VMI sidecar.
+    Sidecar(sidecar::SidecarArgs),
 }
 
 fn main() {
@@ -32,6 +34,7 @@ fn main() {
         Command::Guest(c) => guest::run(c),
         Command::Profile(c) => profile::run(c),
         Command::Vmi(args) => vmi::run(args),
+        Command::Sidecar(args) => sidecar::run(args),
     };
     if let Err(error) = result {
         // Typed VMI errors carry their code, so scripts can tell kinds apart.

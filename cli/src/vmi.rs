@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use furnace_api::{Symbol, Translation};
+use furnace_api::v1::GuestInfo;
+use furnace_api::{Symbol, Translation, Vmi};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::snapshot::Snapshot;
 use furnace_vmi::driver::Driver;
@@ -34,6 +35,9 @@ struct Target {
     /// A memory snapshot: raw (`pmemsave`) or ELF (`dump-guest-memory`).
     #[arg(long, global = true)]
     snapshot: Option<PathBuf>,
+    /// An app socket of a guest's sidecar (e.g. /run/furnace/vmi.sock in a container).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,10 +84,10 @@ fn parse_u64(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: VmiArgs) -> Result<()> {
-    let kernel = attach(&args.target, args.profile)?;
+    let source = Source::open(&args.target, args.profile)?;
     match args.command {
         VmiCommand::Ps => {
-            let processes = kernel.processes()?;
+            let processes = source.processes()?;
             emit(args.json, &processes, || {
                 let mut out = format!(
                     "{:>7} {:>7} {:>6} {:<16} {:>18} {:>12}\n",
@@ -99,7 +103,7 @@ pub fn run(args: VmiArgs) -> Result<()> {
             })
         }
         VmiCommand::Modules => {
-            let modules = kernel.modules()?;
+            let modules = source.modules()?;
             emit(args.json, &modules, || {
                 let mut out = format!("{:<24} {:>18} {:>10}\n", "NAME", "BASE", "SIZE");
                 for m in &modules {
@@ -114,7 +118,7 @@ pub fn run(args: VmiArgs) -> Result<()> {
                 .map(|name| {
                     Ok(Symbol {
                         name: name.clone(),
-                        address: kernel.symbol_address(name)?,
+                        address: source.symbol_address(name)?,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -135,14 +139,7 @@ pub fn run(args: VmiArgs) -> Result<()> {
                 size <= MAX_READ,
                 "--size {size} exceeds the {MAX_READ}-byte limit of one read"
             );
-            let mut buf = vec![0u8; size as usize];
-            match (physical, pid) {
-                (true, _) => kernel.driver().read_physical(address, &mut buf)?,
-                (false, Some(pid)) => {
-                    kernel.read_virtual(kernel.process_dtb(pid)?, address, &mut buf)?
-                }
-                (false, None) => kernel.read_kernel(address, &mut buf)?,
-            }
+            let buf = source.read(address, size, physical, pid)?;
             #[derive(Serialize)]
             struct Read {
                 address: u64,
@@ -155,15 +152,7 @@ pub fn run(args: VmiArgs) -> Result<()> {
             emit(args.json, &read, || hexdump(address, &buf))
         }
         VmiCommand::Translate { address, pid } => {
-            let t = match pid {
-                Some(pid) => kernel.user_to_physical(pid, address)?,
-                None => kernel.kernel_to_physical(address)?,
-            };
-            let t = Translation {
-                virtual_address: address,
-                physical_address: t.physical,
-                page_size: t.page_size,
-            };
+            let t = source.translate(address, pid)?;
             emit(args.json, &t, || {
                 format!(
                     "{:#x} -> {:#x} (page {} KiB)\n",
@@ -174,51 +163,123 @@ pub fn run(args: VmiArgs) -> Result<()> {
             })
         }
         VmiCommand::Info => {
-            #[derive(Serialize)]
-            struct Info {
-                driver: String,
-                banner: String,
-                kaslr_virtual_shift: u64,
-                kaslr_physical_shift: u64,
-                kernel_dtb: u64,
-                paging: String,
-                memory_bytes: u64,
-            }
-            let location = kernel.location();
-            let info = Info {
-                driver: kernel.driver().describe(),
-                banner: kernel.banner()?,
-                kaslr_virtual_shift: location.virtual_shift,
-                kaslr_physical_shift: location.physical_shift,
-                kernel_dtb: location.dtb,
-                paging: format!("{:?}", location.paging_mode),
-                memory_bytes: kernel.driver().physical_size(),
-            };
+            let info = source.info()?;
             emit(args.json, &info, || {
                 format!(
-                    "driver        {}\nbanner        {}\nkaslr shift   {:#x} (virtual), {:#x} (physical)\nkernel dtb    {:#x}\npaging        {}\nmemory        {} MiB\n",
-                    info.driver, info.banner, info.kaslr_virtual_shift, info.kaslr_physical_shift, info.kernel_dtb, info.paging, info.memory_bytes >> 20
+                    "guest         {}\ndriver        {}\nbanner        {}\nkaslr offset  {:#x}\npaging        {}\nmemory        {} MiB\n",
+                    info.name, info.id, info.kernel_banner, info.kaslr_offset, info.page_mode, info.memory_size >> 20
                 )
             })
         }
     }
 }
 
-fn attach(target: &Target, profile: Option<PathBuf>) -> Result<LinuxKernel> {
-    let (driver, default_profile): (Box<dyn Driver>, Option<PathBuf>) =
-        match (&target.guest_dir, &target.snapshot) {
-            (Some(dir), _) => (
-                Box::new(QemuGuest::attach(dir)?),
-                Some(dir.join("profile.json")),
-            ),
-            (None, Some(file)) => (Box::new(Snapshot::open(file)?), None),
-            (None, None) => anyhow::bail!("say which guest: --guest-dir DIR or --snapshot FILE"),
-        };
-    let profile_path = profile
-        .or(default_profile)
-        .context("--profile is required with --snapshot")?;
-    let profile = Profile::load(&profile_path)?;
-    Ok(LinuxKernel::attach(driver, profile)?)
+/// Where the answers come from: the guest read in this process, or a sidecar.
+enum Source {
+    Local(Box<LinuxKernel>),
+    Sidecar(Vmi),
+}
+
+impl Source {
+    fn open(target: &Target, profile: Option<PathBuf>) -> Result<Self> {
+        let (driver, default_profile): (Box<dyn Driver>, Option<PathBuf>) =
+            match (&target.guest_dir, &target.snapshot, &target.socket) {
+                (Some(dir), _, _) => (
+                    Box::new(QemuGuest::attach(dir)?),
+                    Some(dir.join("profile.json")),
+                ),
+                (None, Some(file), _) => (Box::new(Snapshot::open(file)?), None),
+                (None, None, Some(socket)) => return Ok(Source::Sidecar(Vmi::connect(socket)?)),
+                (None, None, None) => {
+                    anyhow::bail!(
+                        "say which guest: --guest-dir DIR, --snapshot FILE or --socket SOCKET"
+                    )
+                }
+            };
+        let profile_path = profile
+            .or(default_profile)
+            .context("--profile is required with --snapshot")?;
+        let profile = Profile::load(&profile_path)?;
+        Ok(Source::Local(Box::new(LinuxKernel::attach(
+            driver, profile,
+        )?)))
+    }
+
+    fn processes(&self) -> Result<Vec<furnace_api::Process>> {
+        Ok(match self {
+            Source::Local(k) => k.processes()?,
+            Source::Sidecar(v) => v.processes()?,
+        })
+    }
+
+    fn modules(&self) -> Result<Vec<furnace_api::Module>> {
+        Ok(match self {
+            Source::Local(k) => k.modules()?,
+            Source::Sidecar(v) => v.modules()?,
+        })
+    }
+
+    fn symbol_address(&self, name: &str) -> Result<u64> {
+        Ok(match self {
+            Source::Local(k) => k.symbol_address(name)?,
+            Source::Sidecar(v) => v.symbol_address(name)?,
+        })
+    }
+
+    fn read(&self, address: u64, size: u64, physical: bool, pid: Option<u32>) -> Result<Vec<u8>> {
+        Ok(match self {
+            Source::Local(k) => {
+                let mut buf = vec![0u8; size as usize];
+                match (physical, pid) {
+                    (true, _) => k.driver().read_physical(address, &mut buf)?,
+                    (false, Some(pid)) => k.read_virtual(k.process_dtb(pid)?, address, &mut buf)?,
+                    (false, None) => k.read_kernel(address, &mut buf)?,
+                }
+                buf
+            }
+            Source::Sidecar(v) if physical => v.read_physical(address, size)?,
+            Source::Sidecar(v) => v.read_virtual(pid.unwrap_or(0), address, size)?,
+        })
+    }
+
+    fn translate(&self, address: u64, pid: Option<u32>) -> Result<Translation> {
+        Ok(match (self, pid) {
+            (Source::Local(k), pid) => {
+                let t = match pid {
+                    Some(pid) => k.user_to_physical(pid, address)?,
+                    None => k.kernel_to_physical(address)?,
+                };
+                Translation {
+                    virtual_address: address,
+                    physical_address: t.physical,
+                    page_size: t.page_size,
+                }
+            }
+            (Source::Sidecar(v), Some(pid)) => v.translate_user(pid, address)?,
+            (Source::Sidecar(v), None) => v.translate_kernel(address)?,
+        })
+    }
+
+    fn info(&self) -> Result<GuestInfo> {
+        Ok(match self {
+            Source::Local(k) => GuestInfo {
+                name: String::new(),
+                id: k.driver().describe(),
+                memory_size: k.driver().physical_size(),
+                os_type: "linux".into(),
+                page_mode: format!("{:?}", k.paging_mode()),
+                vcpu_count: k
+                    .driver()
+                    .vcpu_registers()
+                    .map(|r| r.vcpu_count())
+                    .transpose()?
+                    .unwrap_or(0),
+                kernel_banner: k.banner()?,
+                kaslr_offset: k.location().virtual_shift,
+            },
+            Source::Sidecar(v) => v.info()?,
+        })
+    }
 }
 
 fn emit<T: Serialize + ?Sized>(json: bool, value: &T, text: impl FnOnce() -> String) -> Result<()> {

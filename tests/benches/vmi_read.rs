@@ -21,7 +21,12 @@
 //!
 //! Addresses come from a fixed-seed xorshift generator, so runs compare.
 
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
+use common::{
+    clock_overhead_ns, cpu_model, measure, median_round, ms, percentile, Stats, XorShift,
+};
 use furnace_tests::TestGuest;
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::qmp::QmpClient;
@@ -31,7 +36,7 @@ use furnace_vmi::profile::Profile;
 use serde_json::Value;
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SEED: u64 = 0x5eed_f0e5_ca5e_0001;
 const PAGE: u64 = 4096;
@@ -41,92 +46,6 @@ const QMP_OPS: usize = 500;
 const WALKS: usize = 200;
 /// Rounds of the 4 KiB rows, alternated; each row reports its median round.
 const ROUNDS: usize = 3;
-
-/// xorshift64: tiny, deterministic, good enough to scatter addresses.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Mean (from an untimed-inside loop) and per-op percentiles, in ns.
-struct Stats {
-    mean: f64,
-    p50: f64,
-    p99: f64,
-    ops: usize,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64
-}
-
-/// Runs `op` over `inputs` twice: once timed as a whole (the mean), once with
-/// a clock read around each op (the percentiles).
-fn measure<T>(inputs: &[T], mut op: impl FnMut(&T)) -> Stats {
-    let start = Instant::now();
-    for input in inputs {
-        op(input);
-    }
-    let mean = start.elapsed().as_nanos() as f64 / inputs.len() as f64;
-    let mut samples = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let t = Instant::now();
-        op(input);
-        samples.push(t.elapsed().as_nanos() as u64);
-    }
-    samples.sort_unstable();
-    Stats {
-        mean,
-        p50: percentile(&samples, 0.50),
-        p99: percentile(&samples, 0.99),
-        ops: inputs.len(),
-    }
-}
-
-/// The round whose mean is the median.
-fn median_round(mut rounds: Vec<Stats>) -> Stats {
-    rounds.sort_by(|a, b| a.mean.total_cmp(&b.mean));
-    rounds.swap_remove(rounds.len() / 2)
-}
-
-/// What one clock read around an op adds to the per-op percentiles.
-fn clock_overhead_ns() -> f64 {
-    let n = 100_000;
-    let start = Instant::now();
-    for _ in 0..n {
-        black_box(Instant::now());
-    }
-    start.elapsed().as_nanos() as f64 / n as f64
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
 
 /// Reads one guest-physical u64 through HMP `xp`, whose reply reads
 /// `0000000001234000: 0x1122334455667788`.

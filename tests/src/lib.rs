@@ -235,3 +235,106 @@ pub fn kernel_dir() -> PathBuf {
         "FURNACE_KERNEL_DIR is not set; run the tests with `make test`, which fetches the kernel first",
     ))
 }
+
+static SIDECARS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+extern "C" fn stop_started_sidecars() {
+    let pids = std::mem::take(&mut *SIDECARS.lock().unwrap_or_else(|p| p.into_inner()));
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The real `furnace-vmi-sidecar` serving a test guest. Killed when the test
+/// process exits (an `atexit` hook), or earlier by [`TestSidecar::kill`].
+pub struct TestSidecar {
+    pub child: Mutex<std::process::Child>,
+    pub admin_socket: PathBuf,
+}
+
+impl TestSidecar {
+    pub fn start(guest: &TestGuest, extra: &[&str]) -> Result<TestSidecar> {
+        let admin_socket = guest.dir.join("admin.sock");
+        let _ = std::fs::remove_file(&admin_socket);
+        let log = std::fs::File::create(guest.dir.join("sidecar.log"))?;
+        let child = Command::new(bin_dir().join("furnace-vmi-sidecar"))
+            .args(["--guest", &guest.name, "--guest-dir", guest.dir_str()])
+            .args(extra)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting furnace-vmi-sidecar")?;
+        {
+            let mut pids = SIDECARS.lock().unwrap_or_else(|p| p.into_inner());
+            if pids.is_empty() {
+                // SAFETY: registering a plain extern "C" function has no preconditions.
+                unsafe { libc::atexit(stop_started_sidecars) };
+            }
+            pids.push(child.id() as i32);
+        }
+        let sidecar = TestSidecar {
+            child: Mutex::new(child),
+            admin_socket,
+        };
+        for _ in 0..200 {
+            if let Ok(admin) = furnace_api::Admin::connect(&sidecar.admin_socket) {
+                if admin.health().is_ok() {
+                    return Ok(sidecar);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "the sidecar did not answer on {} within 10 s; see {}/sidecar.log",
+            sidecar.admin_socket.display(),
+            guest.dir.display()
+        )
+    }
+
+    pub fn admin(&self) -> furnace_api::Admin {
+        furnace_api::Admin::connect(&self.admin_socket).expect("the sidecar's admin socket answers")
+    }
+
+    /// Registers `app` with `permissions` (as for `furnace sidecar register`) and returns its socket.
+    pub fn register(
+        &self,
+        app: &str,
+        permissions: &[furnace_api::v1::Permission],
+        uid: u32,
+    ) -> PathBuf {
+        let request = furnace_api::v1::RegisterRequest {
+            app_id: app.into(),
+            permissions: permissions.iter().map(|p| *p as i32).collect(),
+            uid,
+            gid: uid,
+        };
+        PathBuf::from(
+            self.admin()
+                .register(&request)
+                .expect("register")
+                .socket_path,
+        )
+    }
+}
+
+/// Whether QEMU reports the guest running, asked over QMP.
+pub fn guest_running(guest: &TestGuest) -> bool {
+    use furnace_vmi::driver::RunState;
+    let qemu = QemuGuest::attach(&guest.dir).expect("attach");
+    qemu.run_state().expect("query-status") == RunState::Running
+}
+
+/// Runs the Python SDK's `python3 -m furnace_vmi ARGS` with Debian's python3.
+pub fn python_sdk(args: &[&str]) -> Output {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/python");
+    Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("furnace_vmi")
+        .args(args)
+        .env("PYTHONPATH", sdk)
+        .output()
+        .expect("python3 runs")
+}

@@ -34,7 +34,7 @@ fn check(guest: TestGuest) -> Booted {
         furnace_json(&["vmi", "info", "--guest-dir", &dir, "--json"]).unwrap();
     Booted {
         init_task: truth,
-        paging: info["paging"].as_str().unwrap().to_owned(),
+        paging: info["page_mode"].as_str().unwrap().to_owned(),
         guest,
     }
 }

@@ -11,5 +11,6 @@ pub mod driver;
 pub mod error;
 pub mod linux;
 pub mod profile;
+pub mod server;
 
 pub use error::{Result, VmiError};

@@ -1,0 +1,48 @@
+"""Furnace VMI: the Python SDK for a guest's sidecar (docs/protocol.md).
+
+Needs only the standard library and ``protobuf``: message classes are built at
+import time from ``descriptors.binpb``, the compiled ``api/proto``.
+"""
+
+from ._proto import to_dict, v1
+from ._wire import ADMIN_SERVICE, MAX_PAYLOAD, VMI_SERVICE
+from .client import (
+    DEFAULT_SOCKET,
+    DEFAULT_TIMEOUT,
+    LINK_ADD,
+    LINK_ADDRESS,
+    LINK_OVERWRITE,
+    LINK_PID,
+    LINK_SUBTRACT,
+    Admin,
+    Batch,
+    BatchResults,
+    Vmi,
+    permission_names,
+)
+from .errors import ERROR_CODES, ERROR_TYPE_URL, VmiError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADMIN_SERVICE",
+    "Admin",
+    "Batch",
+    "BatchResults",
+    "DEFAULT_SOCKET",
+    "DEFAULT_TIMEOUT",
+    "ERROR_CODES",
+    "ERROR_TYPE_URL",
+    "LINK_ADD",
+    "LINK_ADDRESS",
+    "LINK_OVERWRITE",
+    "LINK_PID",
+    "LINK_SUBTRACT",
+    "MAX_PAYLOAD",
+    "VMI_SERVICE",
+    "Vmi",
+    "VmiError",
+    "permission_names",
+    "to_dict",
+    "v1",
+]

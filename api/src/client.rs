@@ -1,0 +1,499 @@
+//! The Rust SDK: typed calls to the guest's sidecar over the app's socket,
+//! and a batch builder whose calls can take arguments from earlier results.
+//!
+//! ```no_run
+//! let vmi = furnace_api::Vmi::connect_default()?;
+//! for p in vmi.processes()? {
+//!     println!("{} {}", p.pid, p.name);
+//! }
+//! # Ok::<(), furnace_api::ApiError>(())
+//! ```
+
+use crate::error::ApiError;
+use crate::ttrpc::{Request, Response};
+use crate::v1::{self, call::Op, ErrorCode, LinkOp, LinkTarget};
+use crate::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
+use crate::{ADMIN_SERVICE, VMI_SERVICE};
+use prost::Message;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub type Result<T> = std::result::Result<T, ApiError>;
+
+/// Where the runtime mounts the app's socket inside its container.
+pub const DEFAULT_SOCKET: &str = "/run/furnace/vmi.sock";
+/// How long a call may take before the client gives up on the sidecar.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn unavailable(context: &str, e: std::io::Error) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, format!("{context}: {e}"))
+}
+
+/// One connection; calls on it are sequential.
+struct Connection {
+    stream: UnixStream,
+    next_stream_id: u32,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    fn open(path: &Path, timeout: Duration) -> Result<Self> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            unavailable(
+                &format!("connecting to the sidecar at {}", path.display()),
+                e,
+            )
+        })?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| unavailable("setting socket timeouts", e))?;
+        Ok(Connection {
+            stream,
+            next_stream_id: 1,
+            buf: Vec::new(),
+        })
+    }
+
+    fn call(&mut self, service: &str, method: &str, payload: Vec<u8>) -> Result<Vec<u8>> {
+        let stream_id = self.next_stream_id;
+        self.next_stream_id = self.next_stream_id.wrapping_add(2);
+        let request = Request {
+            service: service.into(),
+            method: method.into(),
+            payload,
+            ..Default::default()
+        };
+        wire::write_frame(
+            &mut self.stream,
+            stream_id,
+            TYPE_REQUEST,
+            &request.encode_to_vec(),
+        )
+        .map_err(|e| unavailable("sending to the sidecar", e))?;
+        let header = wire::read_header(&mut self.stream)
+            .map_err(|e| unavailable("reading the sidecar's reply", e))?
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::Unavailable, "the sidecar closed the connection")
+            })?;
+        if header.kind != TYPE_RESPONSE
+            || header.stream_id != stream_id
+            || header.length > wire::MAX_PAYLOAD
+        {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("unexpected frame from the sidecar: {header:?} (waiting for stream {stream_id})"),
+            ));
+        }
+        wire::read_payload(&mut self.stream, header.length, &mut self.buf)
+            .map_err(|e| unavailable("reading the sidecar's reply", e))?;
+        let response = Response::decode(self.buf.as_slice())
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("undecodable reply: {e}")))?;
+        match response.status {
+            Some(status) if status.code != wire::code::OK => Err(ApiError::from_status(&status)),
+            _ => Ok(response.payload),
+        }
+    }
+}
+
+/// A client of one ttrpc service on one socket.
+struct ServiceClient {
+    service: &'static str,
+    connection: Mutex<Connection>,
+}
+
+impl ServiceClient {
+    fn connect(service: &'static str, path: &Path, timeout: Duration) -> Result<Self> {
+        Ok(ServiceClient {
+            service,
+            connection: Mutex::new(Connection::open(path, timeout)?),
+        })
+    }
+
+    fn call<Q: Message, A: Message + Default>(&self, method: &str, request: &Q) -> Result<A> {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        let payload = connection.call(self.service, method, request.encode_to_vec())?;
+        A::decode(payload.as_slice()).map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("undecodable {method} reply: {e}"),
+            )
+        })
+    }
+}
+
+/// A tenant app's view of its guest.
+pub struct Vmi {
+    client: ServiceClient,
+}
+
+fn kernel() -> Option<v1::AddressSpace> {
+    None
+}
+
+fn process(pid: u32) -> Option<v1::AddressSpace> {
+    Some(v1::AddressSpace { pid })
+}
+
+impl Vmi {
+    /// Connects to `/run/furnace/vmi.sock`, where the runtime mounts the app's socket.
+    pub fn connect_default() -> Result<Self> {
+        Self::connect(Path::new(DEFAULT_SOCKET))
+    }
+
+    pub fn connect(path: &Path) -> Result<Self> {
+        Self::connect_with_timeout(path, DEFAULT_TIMEOUT)
+    }
+
+    pub fn connect_with_timeout(path: &Path, timeout: Duration) -> Result<Self> {
+        Ok(Vmi {
+            client: ServiceClient::connect(VMI_SERVICE, path, timeout)?,
+        })
+    }
+
+    pub fn read_physical(&self, address: u64, size: u64) -> Result<Vec<u8>> {
+        let reply: v1::Bytes = self
+            .client
+            .call("ReadPhysical", &v1::ReadPhysicalRequest { address, size })?;
+        Ok(reply.data)
+    }
+
+    pub fn write_physical(&self, address: u64, data: &[u8]) -> Result<()> {
+        self.client.call::<_, v1::Empty>(
+            "WritePhysical",
+            &v1::WritePhysicalRequest {
+                address,
+                data: data.to_vec(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Reads kernel virtual memory (`pid` 0) or process `pid`'s.
+    pub fn read_virtual(&self, pid: u32, address: u64, size: u64) -> Result<Vec<u8>> {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        let reply: v1::Bytes = self.client.call(
+            "ReadVirtual",
+            &v1::ReadVirtualRequest {
+                address,
+                size,
+                space,
+            },
+        )?;
+        Ok(reply.data)
+    }
+
+    pub fn write_virtual(&self, pid: u32, address: u64, data: &[u8]) -> Result<()> {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        let request = v1::WriteVirtualRequest {
+            address,
+            data: data.to_vec(),
+            space,
+        };
+        self.client.call::<_, v1::Empty>("WriteVirtual", &request)?;
+        Ok(())
+    }
+
+    pub fn read_symbol(&self, symbol: &str, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let request = v1::ReadSymbolRequest {
+            symbol: symbol.into(),
+            offset,
+            size,
+        };
+        Ok(self
+            .client
+            .call::<_, v1::Bytes>("ReadSymbol", &request)?
+            .data)
+    }
+
+    /// Reads a little-endian integer of `width` (1, 2, 4 or 8) bytes.
+    pub fn read_integer(&self, pid: u32, address: u64, width: u32) -> Result<u64> {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        let reply: v1::Integer = self.client.call(
+            "ReadInteger",
+            &v1::ReadIntegerRequest {
+                address,
+                width,
+                space,
+            },
+        )?;
+        Ok(reply.value)
+    }
+
+    pub fn read_u64(&self, pid: u32, address: u64) -> Result<u64> {
+        self.read_integer(pid, address, 8)
+    }
+
+    pub fn read_u32(&self, pid: u32, address: u64) -> Result<u32> {
+        Ok(self.read_integer(pid, address, 4)? as u32)
+    }
+
+    pub fn read_string(&self, pid: u32, address: u64, max_length: u64) -> Result<String> {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        let reply: v1::Text = self.client.call(
+            "ReadString",
+            &v1::ReadStringRequest {
+                address,
+                max_length,
+                space,
+            },
+        )?;
+        Ok(reply.value)
+    }
+
+    /// Kernel virtual to physical (kv2p).
+    pub fn translate_kernel(&self, address: u64) -> Result<v1::Translation> {
+        self.client
+            .call("TranslateKernel", &v1::TranslateKernelRequest { address })
+    }
+
+    /// User virtual to physical in process `pid` (uv2p).
+    pub fn translate_user(&self, pid: u32, address: u64) -> Result<v1::Translation> {
+        self.client
+            .call("TranslateUser", &v1::TranslateUserRequest { pid, address })
+    }
+
+    /// Run-time address of a kernel symbol (ksym2v).
+    pub fn symbol_address(&self, name: &str) -> Result<u64> {
+        Ok(self
+            .client
+            .call::<_, v1::Symbol>("SymbolAddress", &v1::SymbolRequest { name: name.into() })?
+            .address)
+    }
+
+    pub fn member_offset(&self, structure: &str, member: &str) -> Result<u64> {
+        let request = v1::MemberOffsetRequest {
+            structure: structure.into(),
+            member: member.into(),
+        };
+        Ok(self
+            .client
+            .call::<_, v1::Integer>("MemberOffset", &request)?
+            .value)
+    }
+
+    pub fn info(&self) -> Result<v1::GuestInfo> {
+        self.client.call("GetInfo", &v1::Empty {})
+    }
+
+    pub fn registers(&self, vcpu: u32) -> Result<v1::Registers> {
+        self.client
+            .call("GetRegisters", &v1::RegistersRequest { vcpu })
+    }
+
+    /// Pauses the guest for at most `lease` (the sidecar may grant less); the
+    /// guest runs again on [`Vmi::resume`], on expiry, or when this connection closes.
+    pub fn pause(&self, lease: Duration) -> Result<v1::Lease> {
+        let lease_ms = u32::try_from(lease.as_millis()).unwrap_or(u32::MAX);
+        self.client.call("Pause", &v1::PauseRequest { lease_ms })
+    }
+
+    pub fn resume(&self, lease: &v1::Lease) -> Result<()> {
+        self.client
+            .call::<_, v1::Empty>("Resume", &v1::ResumeRequest { lease_id: lease.id })?;
+        Ok(())
+    }
+
+    pub fn processes(&self) -> Result<Vec<v1::Process>> {
+        Ok(self
+            .client
+            .call::<_, v1::ProcessList>("ListProcesses", &v1::Empty {})?
+            .processes)
+    }
+
+    pub fn modules(&self) -> Result<Vec<v1::Module>> {
+        Ok(self
+            .client
+            .call::<_, v1::ModuleList>("ListModules", &v1::Empty {})?
+            .modules)
+    }
+
+    /// Runs every call of `batch` in one round trip.
+    pub fn batch(&self, batch: &Batch) -> Result<BatchResults> {
+        let reply: v1::BatchResponse = self.client.call(
+            "Batch",
+            &v1::BatchRequest {
+                calls: batch.calls.clone(),
+            },
+        )?;
+        Ok(BatchResults {
+            results: reply.results,
+            error: reply.error.as_ref().map(ApiError::from),
+        })
+    }
+}
+
+/// A call's place in a [`Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRef(pub u32);
+
+/// Calls to run in one round trip. A call may take its address or pid from
+/// the integer result of an earlier call, so a list walk is one message.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    calls: Vec<v1::Call>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    pub fn push(&mut self, op: Op) -> CallRef {
+        self.calls.push(v1::Call {
+            op: Some(op),
+            links: Vec::new(),
+        });
+        CallRef(self.calls.len() as u32 - 1)
+    }
+
+    /// Before `call` runs, combine its `target` argument with `source`'s result.
+    pub fn link(
+        &mut self,
+        call: CallRef,
+        source: CallRef,
+        target: LinkTarget,
+        op: LinkOp,
+    ) -> CallRef {
+        if let Some(c) = self.calls.get_mut(call.0 as usize) {
+            c.links.push(v1::Link {
+                source: source.0,
+                target: target as i32,
+                op: op as i32,
+            });
+        }
+        call
+    }
+
+    /// `address = offset + source's result` (field of a struct a pointer points to).
+    pub fn add_address(&mut self, call: CallRef, source: CallRef) -> CallRef {
+        self.link(call, source, LinkTarget::Address, LinkOp::Add)
+    }
+
+    pub fn read_integer(&mut self, pid: u32, address: u64, width: u32) -> CallRef {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        self.push(Op::ReadInteger(v1::ReadIntegerRequest {
+            address,
+            width,
+            space,
+        }))
+    }
+
+    pub fn read_string(&mut self, pid: u32, address: u64, max_length: u64) -> CallRef {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        self.push(Op::ReadString(v1::ReadStringRequest {
+            address,
+            max_length,
+            space,
+        }))
+    }
+
+    pub fn read_virtual(&mut self, pid: u32, address: u64, size: u64) -> CallRef {
+        let space = if pid == 0 { kernel() } else { process(pid) };
+        self.push(Op::ReadVirtual(v1::ReadVirtualRequest {
+            address,
+            size,
+            space,
+        }))
+    }
+
+    pub fn read_physical(&mut self, address: u64, size: u64) -> CallRef {
+        self.push(Op::ReadPhysical(v1::ReadPhysicalRequest { address, size }))
+    }
+
+    pub fn symbol_address(&mut self, name: &str) -> CallRef {
+        self.push(Op::SymbolAddress(v1::SymbolRequest { name: name.into() }))
+    }
+
+    pub fn translate_kernel(&mut self, address: u64) -> CallRef {
+        self.push(Op::TranslateKernel(v1::TranslateKernelRequest { address }))
+    }
+
+    pub fn calls(&self) -> &[v1::Call] {
+        &self.calls
+    }
+}
+
+/// What a batch returned: a result per call that ran, and the error that
+/// stopped it, if one did.
+#[derive(Debug, Clone)]
+pub struct BatchResults {
+    pub results: Vec<v1::CallResult>,
+    pub error: Option<ApiError>,
+}
+
+impl BatchResults {
+    fn value(&self, call: CallRef) -> Option<&v1::call_result::Value> {
+        self.results.get(call.0 as usize)?.value.as_ref()
+    }
+
+    pub fn integer(&self, call: CallRef) -> Option<u64> {
+        match self.value(call)? {
+            v1::call_result::Value::Integer(v) => Some(*v),
+            v1::call_result::Value::Symbol(s) => Some(s.address),
+            v1::call_result::Value::Translation(t) => Some(t.physical_address),
+            _ => None,
+        }
+    }
+
+    pub fn text(&self, call: CallRef) -> Option<&str> {
+        match self.value(call)? {
+            v1::call_result::Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn data(&self, call: CallRef) -> Option<&[u8]> {
+        match self.value(call)? {
+            v1::call_result::Value::Data(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The sidecar's admin API (root only), used by the runtime and `furnace sidecar`.
+pub struct Admin {
+    client: ServiceClient,
+}
+
+impl Admin {
+    pub fn connect(path: &Path) -> Result<Self> {
+        Ok(Admin {
+            client: ServiceClient::connect(ADMIN_SERVICE, path, DEFAULT_TIMEOUT)?,
+        })
+    }
+
+    pub fn register(&self, request: &v1::RegisterRequest) -> Result<v1::RegisterResponse> {
+        self.client.call("Register", request)
+    }
+
+    pub fn unregister(&self, app_id: &str) -> Result<v1::UnregisterResponse> {
+        self.client.call(
+            "Unregister",
+            &v1::UnregisterRequest {
+                app_id: app_id.into(),
+            },
+        )
+    }
+
+    pub fn list_apps(&self) -> Result<Vec<v1::AppInfo>> {
+        Ok(self
+            .client
+            .call::<_, v1::ListAppsResponse>("ListApps", &v1::ListAppsRequest {})?
+            .apps)
+    }
+
+    pub fn health(&self) -> Result<v1::HealthResponse> {
+        self.client.call("Health", &v1::HealthRequest {})
+    }
+}

@@ -1,0 +1,624 @@
+//! Sidecar round-trip benchmark: one run against one real guest and the real
+//! `furnace-vmi-sidecar` binary prints what a call through the app's socket
+//! costs, each figure next to the same operation done in-process (the
+//! sidecar's own cost floor), and the targets of the issue.
+//!
+//! `cargo bench -p furnace-tests --bench sidecar_rtt` boots its own guest
+//! through the test fixture, starts the sidecar on it, registers an app with
+//! the `read` permission (uid 0) and connects the Rust SDK to the app's
+//! socket. The sidecar is stopped (SIGTERM, then SIGKILL) when the bench ends,
+//! panics included; the guest is stopped at exit. Set
+//! `FURNACE_BENCH_GUEST_DIR` to a running guest's directory to use that instead.
+//!
+//! Rows:
+//! - round trips of 8-byte, 4 KiB and 1 MiB `read_physical` at random
+//!   addresses of backed RAM, beside `kernel.driver().read_physical` of the
+//!   same bytes in this process;
+//! - bulk physical reads through the socket, 1 MiB and the per-call maximum
+//!   (4 MiB - 64 KiB) at a time, beside the in-process copy of the same chunks;
+//! - a process list three ways: one SDK call per field, one linked batch per
+//!   `BATCH_TASKS` tasks, and `ListProcesses` (the sidecar walks), beside
+//!   `kernel.processes()` in this process. The four walks must agree on the
+//!   (pid, name) set, with the guest paused, before any of them is timed.
+//!
+//! Addresses come from a fixed-seed xorshift generator, so runs compare.
+
+mod common;
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{clock_overhead_ns, cpu_model, measure, median_round, percentile, Stats, XorShift};
+use furnace_api::v1::{self, call::Op, Permission};
+use furnace_api::{Admin, Batch, CallRef, Vmi};
+use furnace_tests::TestGuest;
+use furnace_vmi::driver::qemu::QemuGuest;
+use furnace_vmi::driver::Driver;
+use furnace_vmi::linux::LinuxKernel;
+use furnace_vmi::profile::Profile;
+use std::collections::BTreeSet;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SEED: u64 = 0x5eed_f0e5_ca5e_0002;
+const MIB: u64 = 1 << 20;
+/// The sidecar's default per-call read limit.
+const MAX_READ: u64 = 4 * MIB - (64 << 10);
+const SMALL_OPS: usize = 20_000;
+const MIB_OPS: usize = 500;
+const BULK_TOTAL: u64 = 256 * MIB;
+/// Rounds of the bulk rows, alternated; each row reports its median round.
+const ROUNDS: usize = 3;
+const WALKS: usize = 200;
+/// Tasks per linked batch (3 calls each).
+const BATCH_TASKS: usize = 64;
+const TASK_COMM_LEN: u64 = 16;
+const MAX_TASKS: usize = 1 << 16;
+const SIDECAR_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The issue's targets.
+const TARGET_P50_8B_US: f64 = 20.0;
+const TARGET_BULK_MBS: f64 = 1000.0;
+
+/// The sidecar process; stopped on drop, so a panic or an early `?` does
+/// not leave it behind.
+struct SidecarProcess {
+    child: Child,
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        eprintln!("the sidecar ignored SIGTERM for 3 s; killing it");
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `furnace-vmi-sidecar` on the guest and waits, bounded, until its
+/// admin socket answers `Health`.
+fn start_sidecar(name: &str, dir: &Path) -> Result<(SidecarProcess, Admin)> {
+    let bin = furnace_tests::bin_dir().join("furnace-vmi-sidecar");
+    ensure!(
+        bin.is_file(),
+        "{} is missing; run `cargo build --release --workspace --all-targets` first",
+        bin.display()
+    );
+    let child = Command::new(&bin)
+        .arg("--guest")
+        .arg(name)
+        .arg("--guest-dir")
+        .arg(dir)
+        .env("FURNACE_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut sidecar = SidecarProcess { child };
+    let admin_sock = Path::new(furnace_tests::GUEST_ROOT)
+        .join(name)
+        .join("admin.sock");
+    let deadline = Instant::now() + SIDECAR_START_TIMEOUT;
+    loop {
+        if let Some(status) = sidecar.child.try_wait()? {
+            bail!("the sidecar exited before serving: {status}");
+        }
+        if let Ok(admin) = Admin::connect(&admin_sock) {
+            if admin.health().is_ok() {
+                return Ok((sidecar, admin));
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not answer Health within {SIDECAR_START_TIMEOUT:?}",
+            admin_sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pauses the guest through this process's own QMP connection and resumes
+/// it on drop.
+struct Paused<'a>(&'a dyn Driver);
+
+impl<'a> Paused<'a> {
+    fn new(driver: &'a dyn Driver) -> Result<Self> {
+        driver.control().context("the driver can pause")?.pause()?;
+        Ok(Paused(driver))
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if let Some(control) = self.0.control() {
+            if let Err(e) = control.resume() {
+                eprintln!("resuming the guest failed: {e}");
+            }
+        }
+    }
+}
+
+/// `n` random `align`-aligned addresses at which `size` bytes lie within one
+/// backed range.
+fn addresses(
+    rng: &mut XorShift,
+    ranges: &[(u64, u64)],
+    size: u64,
+    align: u64,
+    n: usize,
+) -> Vec<u64> {
+    let slots: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|&&(_, len)| len >= size)
+        .map(|&(start, len)| (start.div_ceil(align) * align, (len - size) / align + 1))
+        .collect();
+    let total: u64 = slots.iter().map(|s| s.1).sum();
+    (0..n)
+        .map(|_| {
+            let mut i = rng.below(total);
+            for &(first, count) in &slots {
+                if i < count {
+                    return first + i * align;
+                }
+                i -= count;
+            }
+            unreachable!("i < total")
+        })
+        .collect()
+}
+
+type PidNames = Vec<(u32, String)>;
+
+/// Offsets a client walk needs, resolved through the socket.
+struct TaskLayout {
+    head: u64,
+    tasks: u64,
+    tgid: u64,
+    comm: u64,
+    next: u64,
+}
+
+const MEMBERS: [(&str, &str); 4] = [
+    ("task_struct", "tasks"),
+    ("task_struct", "tgid"),
+    ("task_struct", "comm"),
+    ("list_head", "next"),
+];
+
+/// (a) The task list one SDK call at a time: a symbol, four member offsets,
+/// then a next pointer, a tgid and a comm per task.
+fn walk_per_call(vmi: &Vmi) -> Result<PidNames> {
+    let init_task = vmi.symbol_address("init_task")?;
+    let [tasks, tgid, comm, next] = MEMBERS.map(|(s, m)| vmi.member_offset(s, m));
+    let (tasks, tgid, comm, next) = (tasks?, tgid?, comm?, next?);
+    let head = init_task + tasks;
+    let mut out = Vec::new();
+    let mut node = vmi.read_u64(0, head + next)?;
+    while node != head {
+        ensure!(out.len() < MAX_TASKS, "the task list does not end");
+        let task = node - tasks;
+        out.push((
+            vmi.read_u32(0, task + tgid)?,
+            vmi.read_string(0, task + comm, TASK_COMM_LEN)?,
+        ));
+        node = vmi.read_u64(0, node + next)?;
+    }
+    Ok(out)
+}
+
+/// The symbol and the member offsets in one (unlinked) batch.
+fn task_layout(vmi: &Vmi) -> Result<TaskLayout> {
+    let mut b = Batch::new();
+    let symbol = b.symbol_address("init_task");
+    let members = MEMBERS.map(|(structure, member)| {
+        b.push(Op::MemberOffset(v1::MemberOffsetRequest {
+            structure: structure.into(),
+            member: member.into(),
+        }))
+    });
+    let r = vmi.batch(&b)?;
+    if let Some(e) = r.error {
+        bail!("layout batch failed: {e}");
+    }
+    let int = |c: CallRef| r.integer(c).context("an integer result");
+    let [tasks, tgid, comm, next] = members.map(int);
+    let (tasks, tgid, comm, next) = (tasks?, tgid?, comm?, next?);
+    Ok(TaskLayout {
+        head: int(symbol)? + tasks,
+        tasks,
+        tgid,
+        comm,
+        next,
+    })
+}
+
+/// (b) The task list as linked batches of `per_batch` tasks: each next
+/// pointer is read at `next` + the previous one, each tgid and comm at
+/// (offset - tasks offset) + its node. The client stops at the head; calls
+/// a batch runs past it read init_task and the list's start again, harmlessly.
+fn walk_batched(vmi: &Vmi, per_batch: usize) -> Result<PidNames> {
+    let l = task_layout(vmi)?;
+    let mut out = Vec::new();
+    let mut start = l.head;
+    loop {
+        let mut b = Batch::new();
+        let mut calls = Vec::with_capacity(per_batch);
+        let mut prev: Option<CallRef> = None;
+        for _ in 0..per_batch {
+            let node = match prev {
+                None => b.read_integer(0, start + l.next, 8),
+                Some(p) => {
+                    let c = b.read_integer(0, l.next, 8);
+                    b.add_address(c, p)
+                }
+            };
+            let tgid = b.read_integer(0, l.tgid.wrapping_sub(l.tasks), 4);
+            b.add_address(tgid, node);
+            let comm = b.read_string(0, l.comm.wrapping_sub(l.tasks), TASK_COMM_LEN);
+            b.add_address(comm, node);
+            calls.push((node, tgid, comm));
+            prev = Some(node);
+        }
+        let r = vmi.batch(&b)?;
+        if let Some(e) = r.error {
+            bail!("task batch failed: {e}");
+        }
+        for &(node, tgid, comm) in &calls {
+            let node = r.integer(node).context("a next pointer")?;
+            if node == l.head {
+                return Ok(out);
+            }
+            ensure!(out.len() < MAX_TASKS, "the task list does not end");
+            out.push((
+                r.integer(tgid).context("a tgid")? as u32,
+                r.text(comm).context("a comm")?.to_owned(),
+            ));
+            start = node;
+        }
+    }
+}
+
+fn walk_listprocesses(vmi: &Vmi) -> Result<PidNames> {
+    Ok(vmi
+        .processes()?
+        .into_iter()
+        .map(|p| (p.pid, p.name))
+        .collect())
+}
+
+fn walk_in_process(kernel: &LinuxKernel) -> Result<PidNames> {
+    Ok(kernel
+        .processes()?
+        .into_iter()
+        .map(|p| (p.pid, p.name))
+        .collect())
+}
+
+/// Median and p99 of `WALKS` full walks, in ns, and the list's length.
+fn time_walks(mut walk: impl FnMut() -> Result<PidNames>) -> Result<(f64, f64, usize)> {
+    let mut samples = Vec::with_capacity(WALKS);
+    let mut len = 0;
+    for _ in 0..WALKS {
+        let t = Instant::now();
+        let list = walk()?;
+        samples.push(t.elapsed().as_nanos() as u64);
+        len = black_box(list).len();
+    }
+    samples.sort_unstable();
+    Ok((percentile(&samples, 0.5), percentile(&samples, 0.99), len))
+}
+
+/// MB/s (10^6 bytes) of reading `addrs` chunks of `size` bytes with `read`.
+fn bulk_rate(addrs: &[u64], size: u64, mut read: impl FnMut(u64)) -> Stats {
+    let t = Instant::now();
+    for &a in addrs {
+        read(a);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let rate = (addrs.len() as u64 * size) as f64 / secs / 1e6;
+    // Stats carries the rate in `mean` so `median_round` picks the median round.
+    Stats {
+        mean: rate,
+        p50: rate,
+        p99: rate,
+        ops: addrs.len(),
+    }
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn main() -> Result<()> {
+    let total = Instant::now();
+    // Keeps a guest we booted alive until main returns; the fixture's atexit hook stops it.
+    let (_booted, name, dir): (Option<TestGuest>, String, PathBuf) =
+        match std::env::var_os("FURNACE_BENCH_GUEST_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                let name = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .context("the guest directory is named after the guest")?
+                    .to_owned();
+                (None, name, dir)
+            }
+            None => {
+                eprintln!(
+                    "booting a test guest (set FURNACE_BENCH_GUEST_DIR to use a running one)..."
+                );
+                let guest = TestGuest::start("rtt", &[])?;
+                let (name, dir) = (guest.name.clone(), guest.dir.clone());
+                (Some(guest), name, dir)
+            }
+        };
+    let t_boot = total.elapsed();
+
+    // --- The sidecar, an app, and the SDK on the app's socket.
+    let t = Instant::now();
+    let (_sidecar, admin) = start_sidecar(&name, &dir)?;
+    let t_sidecar = t.elapsed();
+    let registered = admin.register(&v1::RegisterRequest {
+        app_id: "bench-rtt".into(),
+        permissions: vec![Permission::Read as i32],
+        uid: 0,
+        gid: 0,
+    })?;
+    let vmi = Vmi::connect(Path::new(&registered.socket_path))?;
+
+    // --- The same guest in this process.
+    let kernel = LinuxKernel::attach(
+        Box::new(QemuGuest::attach(&dir)?),
+        Profile::load(&dir.join("profile.json"))?,
+    )?;
+    let driver = kernel.driver();
+    let ranges = driver.physical_ranges();
+    let backed: u64 = ranges.iter().map(|r| r.1).sum();
+    let clock = clock_overhead_ns();
+
+    // Fault in every page of both mappings (this process's and the
+    // sidecar's), so no row pays first-touch faults.
+    let mut big = vec![0u8; MAX_READ as usize];
+    for &(start, len) in &ranges {
+        let mut a = start;
+        while a < start + len {
+            let n = MAX_READ.min(start + len - a);
+            driver.read_physical(a, &mut big[..n as usize])?;
+            black_box(vmi.read_physical(a, n)?);
+            a += n;
+        }
+    }
+
+    let mut rng = XorShift(SEED);
+    let addr8 = addresses(&mut rng, &ranges, 8, 8, SMALL_OPS);
+    let addr4k = addresses(&mut rng, &ranges, 4096, 4096, SMALL_OPS);
+    let addr1m = addresses(&mut rng, &ranges, MIB, 4096, MIB_OPS);
+    let bulk1m = addresses(&mut rng, &ranges, MIB, MIB, (BULK_TOTAL / MIB) as usize);
+    let bulk_max = addresses(
+        &mut rng,
+        &ranges,
+        MAX_READ,
+        MIB,
+        BULK_TOTAL.div_ceil(MAX_READ) as usize,
+    );
+
+    // --- Correctness, with the guest paused so both sides see the same bytes
+    // and the same task list.
+    let (reads_same, reads_checked, walk_len) = {
+        let _paused = Paused::new(driver)?;
+        let mut same = 0;
+        let mut checked = 0;
+        for (addrs, size) in [(&addr8, 8), (&addr4k, 4096), (&addr1m, MIB)] {
+            for &a in addrs.iter().take(50) {
+                let mut buf = vec![0u8; size as usize];
+                driver.read_physical(a, &mut buf)?;
+                same += usize::from(vmi.read_physical(a, size)? == buf);
+                checked += 1;
+            }
+        }
+        let sets: Vec<(&str, BTreeSet<(u32, String)>)> = vec![
+            (
+                "in-process",
+                walk_in_process(&kernel)?.into_iter().collect(),
+            ),
+            ("per-call", walk_per_call(&vmi)?.into_iter().collect()),
+            (
+                "batched",
+                walk_batched(&vmi, BATCH_TASKS)?.into_iter().collect(),
+            ),
+            (
+                "ListProcesses",
+                walk_listprocesses(&vmi)?.into_iter().collect(),
+            ),
+        ];
+        for (label, set) in &sets[1..] {
+            if let Some(diff) = furnace_tests::set_difference(&sets[0].1, set) {
+                bail!("the {label} walk disagrees with kernel.processes():\n{diff}");
+            }
+        }
+        ensure!(
+            sets[0].1.len() > 1,
+            "the walks found {} processes",
+            sets[0].1.len()
+        );
+        (same, checked, sets[0].1.len())
+    };
+    ensure!(
+        reads_same == reads_checked,
+        "socket reads differ from in-process reads on {}/{reads_checked} samples, guest paused",
+        reads_checked - reads_same
+    );
+
+    // --- Round trips, each beside the in-process read of the same bytes.
+    let mut buf = vec![0u8; MIB as usize];
+    let mut rows = Vec::new();
+    for (label, addrs, size) in [
+        ("8 B", &addr8, 8u64),
+        ("4 KiB", &addr4k, 4096),
+        ("1 MiB", &addr1m, MIB),
+    ] {
+        let socket = measure(addrs, |&a| {
+            black_box(vmi.read_physical(a, size).expect("backed RAM"));
+        });
+        let local = measure(addrs, |&a| {
+            driver
+                .read_physical(a, &mut buf[..size as usize])
+                .expect("backed RAM");
+            black_box(&buf);
+        });
+        rows.push((label, socket, local));
+    }
+
+    // --- Bulk: the socket at 1 MiB and at the per-call maximum, against the
+    // in-process copy of the same chunks, alternated.
+    let mut bulk = Vec::new();
+    for (label, addrs, size) in [
+        ("1 MiB", &bulk1m, MIB),
+        ("4 MiB - 64 KiB", &bulk_max, MAX_READ),
+    ] {
+        let (mut socket, mut local) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            socket.push(bulk_rate(addrs, size, |a| {
+                black_box(vmi.read_physical(a, size).expect("backed RAM"));
+            }));
+            local.push(bulk_rate(addrs, size, |a| {
+                driver
+                    .read_physical(a, &mut big[..size as usize])
+                    .expect("backed RAM");
+                black_box(&big);
+            }));
+        }
+        bulk.push((label, median_round(socket).mean, median_round(local).mean));
+    }
+
+    // --- Process list, four ways.
+    let walks = [
+        (
+            "per-call SDK walk",
+            time_walks(|| walk_per_call(&vmi))?,
+            format!("{} calls", 5 + 1 + 3 * walk_len),
+        ),
+        (
+            "linked batches",
+            time_walks(|| walk_batched(&vmi, BATCH_TASKS))?,
+            format!(
+                "{} calls ({BATCH_TASKS} tasks each)",
+                1 + (walk_len + 1).div_ceil(BATCH_TASKS)
+            ),
+        ),
+        (
+            "ListProcesses",
+            time_walks(|| walk_listprocesses(&vmi))?,
+            "1 call".to_owned(),
+        ),
+    ];
+    let local_walk = time_walks(|| walk_in_process(&kernel))?;
+
+    // --- Report.
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "Furnace sidecar round-trip benchmark (cargo bench -p furnace-tests --bench sidecar_rtt)"
+    );
+    println!("host:  {nproc} CPUs, {}", cpu_model());
+    println!(
+        "guest: {} MiB backed, kernel {}; {walk_len} processes",
+        backed >> 20,
+        kernel
+            .banner()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("?")
+    );
+    println!(
+        "seed {SEED:#x}; socket = furnace_api::Vmi over the app's unix socket to furnace-vmi-sidecar;"
+    );
+    println!(
+        "in-process = kernel.driver().read_physical / kernel.processes(); percentiles include one clock read (~{clock:.0} ns)"
+    );
+    println!();
+    println!(
+        "{:<22} {:>6} {:>10} {:>10} {:>10} {:>11} {:>10} {:>10} {:>8}",
+        "read_physical", "ops", "socket mean", "p50", "p99", "in-proc mean", "p50", "p99", "ratio"
+    );
+    for (label, s, l) in &rows {
+        println!(
+            "{label:<22} {:>6} {:>8.1} us {:>7.1} us {:>7.1} us {:>9.2} us {:>7.2} us {:>7.2} us {:>7.0}x",
+            s.ops,
+            s.mean / 1e3,
+            s.p50 / 1e3,
+            s.p99 / 1e3,
+            l.mean / 1e3,
+            l.p50 / 1e3,
+            l.p99 / 1e3,
+            s.mean / l.mean
+        );
+    }
+    println!();
+    println!(
+        "{:<22} {:>12} {:>12} {:>14}   (MB = 10^6 B; {} MiB per round, median of {ROUNDS} alternated rounds)",
+        "bulk read, per call",
+        "socket MB/s",
+        "in-proc MB/s",
+        "in-proc/socket",
+        BULK_TOTAL >> 20
+    );
+    for (label, s, l) in &bulk {
+        println!("{label:<22} {s:>12.0} {l:>12.0} {:>13.2}x", l / s);
+    }
+    println!();
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}   round trips",
+        "process list", "median", "p99", "vs in-proc"
+    );
+    for (label, (p50, p99, _), calls) in &walks {
+        println!(
+            "{label:<22} {:>7.0} us {:>7.0} us {:>9.0}x   {calls}",
+            p50 / 1e3,
+            p99 / 1e3,
+            p50 / local_walk.0
+        );
+    }
+    println!(
+        "{:<22} {:>7.1} us {:>7.1} us {:>10}   (kernel.processes(): also ppid, uid, dtb)",
+        "in-process",
+        local_walk.0 / 1e3,
+        local_walk.1 / 1e3,
+        "1x"
+    );
+    println!();
+    let p50_8b = rows[0].1.p50 / 1e3;
+    println!(
+        "target: p50 8-byte read <= {TARGET_P50_8B_US} us:  {p50_8b:.1} us  {}",
+        pass(p50_8b <= TARGET_P50_8B_US)
+    );
+    for (label, s, _) in &bulk {
+        println!(
+            "target: bulk >= 1 GB/s, {label:<15} {:.2} GB/s  {}",
+            s / 1e3,
+            pass(*s >= TARGET_BULK_MBS)
+        );
+    }
+    println!(
+        "checks: socket == in-process on {reads_same}/{reads_checked} reads; the four walks agree on {walk_len} (pid, name) pairs (guest paused)"
+    );
+    println!(
+        "wall time {:.1} s, of which guest boot {:.1} s, sidecar start {:.2} s",
+        total.elapsed().as_secs_f64(),
+        t_boot.as_secs_f64(),
+        t_sidecar.as_secs_f64()
+    );
+    Ok(())
+}

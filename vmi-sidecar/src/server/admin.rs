@@ -1,0 +1,176 @@
+//! The admin service: register and unregister apps, list them, report health.
+
+use super::apps::App;
+use super::ops::{invalid, OpResult};
+use super::vmi::permission_name;
+use super::{accept_loop, bind_private, connection, wake_accept, Sidecar};
+use crate::driver::RunState;
+use furnace_api::v1::{self, Permission};
+use furnace_api::{ApiError, ErrorCode};
+use prost::Message;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const MAX_APP_ID: usize = 64;
+
+impl Sidecar {
+    pub(super) fn handle_admin(
+        self: &Arc<Self>,
+        method: &str,
+        payload: &[u8],
+    ) -> OpResult<Vec<u8>> {
+        let decode = |what| invalid(format!("undecodable {what} request"));
+        match method {
+            "Register" => {
+                let r = v1::RegisterRequest::decode(payload).map_err(|_| decode("Register"))?;
+                Ok(self.register(&r)?.encode_to_vec())
+            }
+            "Unregister" => {
+                let r = v1::UnregisterRequest::decode(payload).map_err(|_| decode("Unregister"))?;
+                Ok(self.unregister(&r.app_id)?.encode_to_vec())
+            }
+            "ListApps" => Ok(v1::ListAppsResponse {
+                apps: self.list_apps(),
+            }
+            .encode_to_vec()),
+            "Health" => Ok(self.health().encode_to_vec()),
+            _ => Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("no method /furnace.vmi.v1.Admin/{method}"),
+            )),
+        }
+    }
+
+    /// Registers an app: binds `apps/<id>.sock` for its uid alone and serves it.
+    pub fn register(
+        self: &Arc<Self>,
+        request: &v1::RegisterRequest,
+    ) -> OpResult<v1::RegisterResponse> {
+        let id = &request.app_id;
+        let valid = !id.is_empty()
+            && id.len() <= MAX_APP_ID
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !valid {
+            return Err(invalid(format!("app id {id:?} must be 1-{MAX_APP_ID} characters of [A-Za-z0-9_.-], not starting with '.'")));
+        }
+        let mut permissions = BTreeSet::new();
+        for &p in &request.permissions {
+            match Permission::try_from(p) {
+                Ok(Permission::Unspecified) | Err(_) => {
+                    return Err(invalid(format!("unknown permission {p}")))
+                }
+                Ok(p) => permissions.insert(p),
+            };
+        }
+        if permissions.is_empty() {
+            permissions.insert(Permission::Read);
+        }
+        let socket = self.dir.join("apps").join(format!("{id}.sock"));
+        let app = Arc::new(App::new(
+            id.clone(),
+            permissions,
+            socket.clone(),
+            request.uid,
+            request.gid,
+        ));
+        if !self.apps.insert(Arc::clone(&app)) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("app {id} is already registered"),
+            ));
+        }
+        let listener = match bind_private(&socket, request.uid, request.gid) {
+            Ok(l) => l,
+            Err(e) => {
+                self.apps.remove(id);
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("binding {}: {e}", socket.display()),
+                ));
+            }
+        };
+        let sidecar = Arc::clone(self);
+        let accepting = Arc::clone(&app);
+        let spawned = std::thread::Builder::new()
+            .name(format!("accept-{id}"))
+            .spawn(move || {
+                accept_loop(
+                    &listener,
+                    || accepting.is_closed(),
+                    |stream| {
+                        let (sidecar, app) = (Arc::clone(&sidecar), Arc::clone(&accepting));
+                        connection::spawn(move || connection::serve_app(&sidecar, &app, stream));
+                    },
+                );
+            });
+        if let Err(e) = spawned {
+            self.apps.remove(id);
+            let _ = std::fs::remove_file(&socket);
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("starting the app's accept thread: {e}"),
+            ));
+        }
+        tracing::info!(app = %id, permissions = ?app.permissions.iter().map(|p| permission_name(*p)).collect::<Vec<_>>(), uid = request.uid, "registered");
+        Ok(v1::RegisterResponse {
+            socket_path: socket.display().to_string(),
+        })
+    }
+
+    /// Unregisters an app: its socket disappears, its open connections close
+    /// at once, and its pause leases end.
+    pub fn unregister(&self, id: &str) -> OpResult<v1::UnregisterResponse> {
+        let app = self.apps.remove(id).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("no app {id} is registered"))
+        })?;
+        app.closed.store(true, Ordering::Release);
+        // A connection wakes the accept thread, which sees `closed` and drops the listener.
+        wake_accept(&app.socket);
+        let _ = std::fs::remove_file(&app.socket);
+        for stream in app.connections().values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        let released = self.leases.release_where(|h| h.app == id);
+        tracing::info!(app = %id, released_leases = released, "unregistered");
+        Ok(v1::UnregisterResponse {
+            released_pause: released > 0,
+        })
+    }
+
+    fn list_apps(&self) -> Vec<v1::AppInfo> {
+        self.apps
+            .all()
+            .into_iter()
+            .map(|app| v1::AppInfo {
+                app_id: app.id.clone(),
+                permissions: app.permissions.iter().map(|p| *p as i32).collect(),
+                socket_path: app.socket.display().to_string(),
+                connections: app.connections().len() as u32,
+                leases: self.leases.count_where(|h| h.app == app.id) as u32,
+            })
+            .collect()
+    }
+
+    fn health(&self) -> v1::HealthResponse {
+        let run_state = match self.kernel.driver().control().map(|c| c.run_state()) {
+            Some(Ok(RunState::Running)) => "running".to_owned(),
+            Some(Ok(RunState::Paused)) => "paused".to_owned(),
+            Some(Ok(RunState::Other(s))) => s,
+            Some(Err(e)) => format!("unknown: {e}"),
+            None => "snapshot".to_owned(),
+        };
+        v1::HealthResponse {
+            guest: self.guest.clone(),
+            run_state,
+            kernel_banner: self
+                .kernel
+                .banner()
+                .unwrap_or_else(|e| format!("unreadable: {e}")),
+            apps: self.apps.ids().len() as u32,
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! One connection: frames in, dispatch, frames out. A thread per connection
+//! keeps per-connection state (which app, which leases) trivially correct.
+
+use super::apps::App;
+use super::Sidecar;
+use furnace_api::ttrpc::{Request, Response};
+use furnace_api::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
+use furnace_api::{ApiError, ErrorCode, ADMIN_SERVICE, VMI_SERVICE};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use prost::Message;
+use std::io::{BufReader, BufWriter};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub fn spawn(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("connection".into())
+        .spawn(f)
+    {
+        tracing::error!(error = %e, "could not start a connection thread");
+    }
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    getsockopt(stream, PeerCredentials).ok().map(|c| c.uid())
+}
+
+pub fn serve_admin(sidecar: &Arc<Sidecar>, stream: UnixStream) {
+    // The socket is 0600 root; this also refuses a root-owned descriptor
+    // handed to someone else.
+    if peer_uid(&stream) != Some(0) {
+        tracing::warn!("refused an admin connection from a non-root peer");
+        return;
+    }
+    serve(stream, |service, method, payload| {
+        if service != ADMIN_SERVICE {
+            return Err(unknown(service, method));
+        }
+        sidecar.handle_admin(method, payload)
+    });
+}
+
+/// Serves one connection of `app` until it closes, then ends the leases it took.
+pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
+    let uid = peer_uid(&stream);
+    if uid != Some(app.uid) && uid != Some(0) {
+        tracing::warn!(app = %app.id, peer_uid = ?uid, "refused a connection from a uid the app was not registered for");
+        return;
+    }
+    let id = sidecar.connection_id();
+    {
+        let mut connections = app.connections();
+        if app.is_closed() || connections.len() >= sidecar.limits.max_connections as usize {
+            tracing::warn!(app = %app.id, "refused a connection: app closed or at its connection limit");
+            return;
+        }
+        match stream.try_clone() {
+            Ok(clone) => connections.insert(id, clone),
+            Err(_) => return,
+        };
+    }
+    serve(stream, |service, method, payload| {
+        if service != VMI_SERVICE {
+            return Err(unknown(service, method));
+        }
+        let in_flight = app.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let result = if in_flight > sidecar.limits.max_in_flight {
+            Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "more than {} calls in flight for this app",
+                    sidecar.limits.max_in_flight
+                ),
+            ))
+        } else {
+            sidecar.handle_vmi(app, id, method, payload)
+        };
+        app.in_flight.fetch_sub(1, Ordering::AcqRel);
+        result
+    });
+    app.connections().remove(&id);
+    let released = sidecar.leases.release_where(|h| h.connection == id);
+    if released > 0 {
+        tracing::info!(app = %app.id, released, "connection closed; its pause leases ended");
+    }
+}
+
+fn unknown(service: &str, method: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unsupported,
+        format!("no method /{service}/{method}"),
+    )
+}
+
+/// The frame loop. Oversized frames are answered and end the connection (their
+/// bytes cannot be skipped safely); undecodable ones are answered and the
+/// connection goes on.
+fn serve(
+    stream: UnixStream,
+    mut handle: impl FnMut(&str, &str, &[u8]) -> Result<Vec<u8>, ApiError>,
+) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut writer = BufWriter::with_capacity(64 << 10, write_half);
+    let mut payload = Vec::new();
+    loop {
+        let header = match wire::read_header(&mut reader) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => return,
+        };
+        let reply = |writer: &mut BufWriter<UnixStream>, response: Response| {
+            wire::write_frame(
+                writer,
+                header.stream_id,
+                TYPE_RESPONSE,
+                &response.encode_to_vec(),
+            )
+        };
+        if header.length > wire::MAX_PAYLOAD {
+            let error = ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a frame of {} bytes exceeds the {} byte limit",
+                    header.length,
+                    wire::MAX_PAYLOAD
+                ),
+            );
+            let _ = reply(&mut writer, failure(&error));
+            return;
+        }
+        if wire::read_payload(&mut reader, header.length, &mut payload).is_err() {
+            return;
+        }
+        let response = if header.kind != TYPE_REQUEST {
+            failure(&ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("frame type {} is not a request", header.kind),
+            ))
+        } else {
+            match Request::decode(payload.as_slice()) {
+                Ok(request) => match handle(&request.service, &request.method, &request.payload) {
+                    Ok(payload) => Response {
+                        status: None,
+                        payload,
+                    },
+                    Err(error) => failure(&error),
+                },
+                Err(e) => failure(&ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("not a ttrpc request: {e}"),
+                )),
+            }
+        };
+        if reply(&mut writer, response).is_err() {
+            return;
+        }
+    }
+}
+
+fn failure(error: &ApiError) -> Response {
+    Response {
+        status: Some(error.to_status()),
+        payload: Vec::new(),
+    }
+}

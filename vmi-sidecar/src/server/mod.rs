@@ -1,0 +1,139 @@
+//! The sidecar: serves the VMI API to registered apps, one socket each, and
+//! the admin API to the runtime. An app's identity is the socket it connected
+//! through; its permissions were fixed when it was registered.
+
+mod admin;
+mod apps;
+mod batch;
+mod connection;
+mod lease;
+mod limits;
+mod ops;
+mod vmi;
+
+pub use apps::App;
+pub use limits::Limits;
+
+use crate::linux::LinuxKernel;
+use apps::Registry;
+use lease::Leases;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct Sidecar {
+    guest: String,
+    kernel: Arc<LinuxKernel>,
+    limits: Limits,
+    dir: PathBuf,
+    apps: Registry,
+    leases: Arc<Leases>,
+    next_connection: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Sidecar {
+    /// A sidecar for `guest`, keeping its sockets in `dir` (`admin.sock`, `apps/`).
+    /// The kernel's driver must be able to pause the guest.
+    pub fn new(
+        guest: &str,
+        kernel: LinuxKernel,
+        limits: Limits,
+        dir: &Path,
+    ) -> io::Result<Arc<Self>> {
+        let kernel = Arc::new(kernel);
+        let control = Arc::new(apps::KernelControl(Arc::clone(&kernel)));
+        std::fs::create_dir_all(dir.join("apps"))?;
+        std::fs::set_permissions(dir.join("apps"), std::fs::Permissions::from_mode(0o755))?;
+        Ok(Arc::new(Sidecar {
+            guest: guest.to_owned(),
+            kernel,
+            limits,
+            dir: dir.to_owned(),
+            apps: Registry::default(),
+            leases: Leases::start(control),
+            next_connection: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn kernel(&self) -> &LinuxKernel {
+        &self.kernel
+    }
+
+    /// Binds `admin.sock` (mode 0600, root only) and serves it on a thread.
+    pub fn serve_admin(self: &Arc<Self>) -> io::Result<()> {
+        let listener = bind_private(&self.admin_socket(), 0, 0)?;
+        let sidecar = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("admin-accept".into())
+            .spawn(move || {
+                accept_loop(
+                    &listener,
+                    || sidecar.stopping.load(Ordering::Acquire),
+                    |stream| {
+                        let sidecar = Arc::clone(&sidecar);
+                        connection::spawn(move || connection::serve_admin(&sidecar, stream));
+                    },
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Unregisters every app (resuming the guest if anyone held it) and
+    /// removes the sockets.
+    pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for id in self.apps.ids() {
+            let _ = self.unregister(&id);
+        }
+        self.leases.stop();
+        wake_accept(&self.admin_socket());
+        let _ = std::fs::remove_file(self.admin_socket());
+    }
+
+    fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Binds a unix socket only `uid:gid` may use (mode 0600), replacing a stale file.
+fn bind_private(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    Ok(listener)
+}
+
+/// Accepts until `closed()` holds. `wake_accept` unblocks a waiting `accept`.
+fn accept_loop(
+    listener: &UnixListener,
+    closed: impl Fn() -> bool,
+    mut on_connection: impl FnMut(UnixStream),
+) {
+    for stream in listener.incoming() {
+        if closed() {
+            break;
+        }
+        match stream {
+            Ok(stream) => on_connection(stream),
+            Err(e) => tracing::warn!(error = %e, "accept failed"),
+        }
+    }
+}
+
+/// A blocked `accept` only returns for a connection, so make one.
+fn wake_accept(path: &Path) {
+    let _ = UnixStream::connect(path);
+}

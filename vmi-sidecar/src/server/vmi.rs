@@ -1,0 +1,224 @@
+//! The VMI service: decode, check the app's permission, run, encode.
+
+use super::apps::App;
+use super::lease::Holder;
+use super::ops::{execute, invalid, OpResult};
+use super::{batch, Sidecar};
+use furnace_api::v1::{self, call::Op, call_result::Value, Permission};
+use furnace_api::{ApiError, ErrorCode};
+use prost::Message;
+use std::time::Duration;
+
+fn decode<M: Message + Default>(payload: &[u8]) -> OpResult<M> {
+    M::decode(payload)
+        .map_err(|e| invalid(format!("undecodable {}: {e}", std::any::type_name::<M>())))
+}
+
+impl Sidecar {
+    pub(super) fn handle_vmi(
+        &self,
+        app: &App,
+        connection: u64,
+        method: &str,
+        payload: &[u8],
+    ) -> OpResult<Vec<u8>> {
+        let need = |permission: Permission| -> OpResult<()> {
+            if app.permissions.contains(&permission) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "{method} needs the `{}` permission, which this app was not granted",
+                        permission_name(permission)
+                    ),
+                ))
+            }
+        };
+        let unary = |op: Op| -> OpResult<Vec<u8>> {
+            need(Permission::Read)?;
+            Ok(encode_value(
+                execute(&self.kernel, &self.limits, &op)?.value,
+            ))
+        };
+        match method {
+            "ReadPhysical" => unary(Op::ReadPhysical(decode(payload)?)),
+            "ReadVirtual" => unary(Op::ReadVirtual(decode(payload)?)),
+            "ReadSymbol" => unary(Op::ReadSymbol(decode(payload)?)),
+            "ReadInteger" => unary(Op::ReadInteger(decode(payload)?)),
+            "ReadString" => unary(Op::ReadString(decode(payload)?)),
+            "TranslateKernel" => unary(Op::TranslateKernel(decode(payload)?)),
+            "TranslateUser" => unary(Op::TranslateUser(decode(payload)?)),
+            "SymbolAddress" => unary(Op::SymbolAddress(decode(payload)?)),
+            "MemberOffset" => unary(Op::MemberOffset(decode(payload)?)),
+            "WritePhysical" => {
+                need(Permission::Write)?;
+                let r: v1::WritePhysicalRequest = decode(payload)?;
+                self.check_write_size(r.data.len())?;
+                self.kernel.driver().write_physical(r.address, &r.data)?;
+                Ok(v1::Empty {}.encode_to_vec())
+            }
+            "WriteVirtual" => {
+                need(Permission::Write)?;
+                let r: v1::WriteVirtualRequest = decode(payload)?;
+                self.check_write_size(r.data.len())?;
+                let dtb = super::ops::dtb(&self.kernel, r.space.as_ref())?;
+                self.write_virtual(dtb, r.address, &r.data)?;
+                Ok(v1::Empty {}.encode_to_vec())
+            }
+            "GetInfo" => {
+                need(Permission::Read)?;
+                Ok(self.info()?.encode_to_vec())
+            }
+            "GetRegisters" => {
+                need(Permission::Read)?;
+                let r: v1::RegistersRequest = decode(payload)?;
+                let regs = self
+                    .kernel
+                    .driver()
+                    .vcpu_registers()
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorCode::Unsupported,
+                            "this guest's driver has no vCPU registers",
+                        )
+                    })?
+                    .registers(r.vcpu)?;
+                Ok(v1::Registers {
+                    rip: regs.rip,
+                    rsp: regs.rsp,
+                    rflags: regs.rflags,
+                    cr0: regs.cr0,
+                    cr2: regs.cr2,
+                    cr3: regs.cr3,
+                    cr4: regs.cr4,
+                    efer: regs.efer,
+                    fs_base: regs.fs_base,
+                    gs_base: regs.gs_base,
+                    gpr: regs.gpr.to_vec(),
+                }
+                .encode_to_vec())
+            }
+            "Pause" => {
+                need(Permission::Pause)?;
+                let r: v1::PauseRequest = decode(payload)?;
+                if r.lease_ms == 0 {
+                    return Err(invalid("a pause lease must last at least 1 ms"));
+                }
+                let granted = r.lease_ms.min(self.limits.max_pause_ms);
+                let holder = Holder {
+                    app: app.id.clone(),
+                    connection,
+                };
+                let (id, granted) = self
+                    .leases
+                    .acquire(holder, Duration::from_millis(granted.into()))?;
+                Ok(v1::Lease {
+                    id,
+                    granted_ms: granted.as_millis() as u32,
+                }
+                .encode_to_vec())
+            }
+            "Resume" => {
+                need(Permission::Pause)?;
+                let r: v1::ResumeRequest = decode(payload)?;
+                self.leases.release(r.lease_id, &app.id)?;
+                Ok(v1::Empty {}.encode_to_vec())
+            }
+            "ListProcesses" => {
+                need(Permission::Read)?;
+                Ok(v1::ProcessList {
+                    processes: self.kernel.processes()?,
+                }
+                .encode_to_vec())
+            }
+            "ListModules" => {
+                need(Permission::Read)?;
+                Ok(v1::ModuleList {
+                    modules: self.kernel.modules()?,
+                }
+                .encode_to_vec())
+            }
+            "Batch" => {
+                need(Permission::Read)?;
+                let r: v1::BatchRequest = decode(payload)?;
+                batch::validate(&r.calls, &self.limits)?;
+                Ok(batch::run(&self.kernel, &self.limits, &r.calls).encode_to_vec())
+            }
+            _ => Err(ApiError::new(
+                ErrorCode::Unsupported,
+                format!("no method /furnace.vmi.v1.Vmi/{method}"),
+            )),
+        }
+    }
+
+    fn check_write_size(&self, len: usize) -> OpResult<()> {
+        if len as u64 > self.limits.max_read_bytes {
+            return Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                format!("a write of {len} bytes exceeds the per-call limit"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes page by page, translating each page first so nothing is written
+    /// unless the whole range is mapped.
+    fn write_virtual(&self, dtb: u64, address: u64, data: &[u8]) -> OpResult<()> {
+        let mut pieces = Vec::new();
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = address.wrapping_add(done as u64);
+            let n = ((4096 - (at & 4095)) as usize).min(data.len() - done);
+            pieces.push((self.kernel.translate(dtb, at)?.physical, done, n));
+            done += n;
+        }
+        for (physical, from, n) in pieces {
+            self.kernel
+                .driver()
+                .write_physical(physical, &data[from..from + n])?;
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> OpResult<v1::GuestInfo> {
+        let driver = self.kernel.driver();
+        let vcpu_count = match driver.vcpu_registers() {
+            Some(regs) => regs.vcpu_count()?,
+            None => 0,
+        };
+        Ok(v1::GuestInfo {
+            name: self.guest.clone(),
+            id: driver.describe(),
+            memory_size: driver.physical_size(),
+            os_type: "linux".into(),
+            page_mode: format!("{:?}", self.kernel.paging_mode()),
+            vcpu_count,
+            kernel_banner: self.kernel.banner()?,
+            kaslr_offset: self.kernel.location().virtual_shift,
+        })
+    }
+}
+
+pub fn permission_name(p: Permission) -> &'static str {
+    match p {
+        Permission::Unspecified => "unspecified",
+        Permission::Read => "read",
+        Permission::Write => "write",
+        Permission::Pause => "pause",
+        Permission::Events => "events",
+        Permission::Syscalls => "syscalls",
+    }
+}
+
+/// The reply message of a unary call, from its result.
+fn encode_value(value: Option<Value>) -> Vec<u8> {
+    match value {
+        Some(Value::Data(data)) => v1::Bytes { data }.encode_to_vec(),
+        Some(Value::Integer(value)) => v1::Integer { value }.encode_to_vec(),
+        Some(Value::Text(value)) => v1::Text { value }.encode_to_vec(),
+        Some(Value::Translation(t)) => t.encode_to_vec(),
+        Some(Value::Symbol(s)) => s.encode_to_vec(),
+        None => Vec::new(),
+    }
+}
