@@ -464,3 +464,22 @@ fn bad_input_gets_typed_errors_while_another_client_is_served() {
         "the second client was served while the bad input came in"
     );
 }
+
+#[test]
+fn a_vanished_guest_is_reported_as_gone() {
+    let guest = TestGuest::start("vanish", &[]).unwrap();
+    let sidecar = TestSidecar::start(&guest, &[]).unwrap();
+    let vmi = Vmi::connect(&sidecar.register("watcher", &[Permission::Read], 0)).unwrap();
+    assert!(vmi.processes().is_ok());
+    guest.kill_qemu().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match vmi.processes() {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(_) => panic!("the sidecar kept serving a guest whose QEMU is dead"),
+        }
+    };
+    assert_eq!(err.code, ErrorCode::GuestGone, "{err}");
+    assert_eq!(sidecar.admin().health().unwrap().run_state, "gone");
+}

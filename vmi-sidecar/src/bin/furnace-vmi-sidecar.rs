@@ -66,6 +66,9 @@ fn main() -> Result<()> {
         .with_context(|| format!("preparing {}", dir.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     sidecar.serve_admin().context("serving admin.sock")?;
+    sidecar
+        .start_watchdog()
+        .context("starting the guest watchdog")?;
     tracing::info!(guest = %args.guest, admin = %sidecar.admin_socket().display(), "serving");
     if let Some(signal) = signals.forever().next() {
         tracing::info!(

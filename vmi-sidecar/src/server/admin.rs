@@ -157,6 +157,7 @@ impl Sidecar {
 
     fn health(&self) -> v1::HealthResponse {
         let run_state = match self.kernel.driver().control().map(|c| c.run_state()) {
+            _ if self.guest_gone() => "gone".to_owned(),
             Some(Ok(RunState::Running)) => "running".to_owned(),
             Some(Ok(RunState::Paused)) => "paused".to_owned(),
             Some(Ok(RunState::Other(s))) => s,

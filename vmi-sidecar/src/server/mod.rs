@@ -33,7 +33,13 @@ pub struct Sidecar {
     leases: Arc<Leases>,
     next_connection: AtomicU64,
     stopping: AtomicBool,
+    /// Set by the watchdog once QEMU is gone; every call then fails with GUEST_GONE
+    /// instead of reading a RAM file nobody updates any more.
+    guest_gone: AtomicBool,
 }
+
+/// How often the watchdog asks QEMU whether it is still there.
+const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Sidecar {
     /// A sidecar for `guest`, keeping its sockets in `dir` (`admin.sock`, `apps/`).
@@ -57,7 +63,29 @@ impl Sidecar {
             leases: Leases::start(control),
             next_connection: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            guest_gone: AtomicBool::new(false),
         }))
+    }
+
+    /// Watches the guest; when QEMU is gone, marks it so calls fail with GUEST_GONE.
+    pub fn start_watchdog(self: &Arc<Self>) -> io::Result<()> {
+        let sidecar = Arc::clone(self);
+        std::thread::Builder::new().name("guest-watchdog".into()).spawn(move || {
+            let Some(control) = sidecar.kernel.driver().control() else { return };
+            while !sidecar.stopping.load(Ordering::Acquire) {
+                if let Err(crate::error::VmiError::GuestGone(reason)) = control.run_state() {
+                    tracing::error!(%reason, "the guest is gone; every call now fails with GUEST_GONE");
+                    sidecar.guest_gone.store(true, Ordering::Release);
+                    return;
+                }
+                std::thread::sleep(WATCHDOG_PERIOD);
+            }
+        })?;
+        Ok(())
+    }
+
+    pub fn guest_gone(&self) -> bool {
+        self.guest_gone.load(Ordering::Acquire)
     }
 
     pub fn admin_socket(&self) -> PathBuf {

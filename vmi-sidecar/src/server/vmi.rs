@@ -22,6 +22,12 @@ impl Sidecar {
         method: &str,
         payload: &[u8],
     ) -> OpResult<Vec<u8>> {
+        if self.guest_gone() {
+            return Err(ApiError::new(
+                ErrorCode::GuestGone,
+                format!("guest {} is gone: its QEMU exited", self.guest),
+            ));
+        }
         let need = |permission: Permission| -> OpResult<()> {
             if app.permissions.contains(&permission) {
                 Ok(())
