@@ -47,7 +47,8 @@ const MAX_READ: u64 = 4 * MIB - (64 << 10);
 const SMALL_OPS: usize = 20_000;
 const MIB_OPS: usize = 500;
 const BULK_TOTAL: u64 = 256 * MIB;
-/// Rounds of the bulk rows, alternated; each row reports its median round.
+/// Rounds of every read row, socket and in-process alternated; each row
+/// reports its median round, so a burst of host noise does not land on one row only.
 const ROUNDS: usize = 3;
 const WALKS: usize = 200;
 /// Tasks per linked batch (3 calls each).
@@ -333,6 +334,26 @@ fn bulk_rate(addrs: &[u64], size: u64, mut read: impl FnMut(u64)) -> Stats {
     }
 }
 
+/// CPU time (user + system) process `pid` has used so far, or 0 if unknown.
+fn cpu_time(pid: &str) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<u64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            Some(fields.iter().sum::<u64>())
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on every Linux we run on.
+    Duration::from_millis(ticks * 10)
+}
+
 fn pass(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -401,6 +422,11 @@ fn main() -> Result<()> {
         }
     }
 
+    let qemu_pid = std::fs::read_to_string(dir.join("qemu.pid"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut rng = XorShift(SEED);
     let addr8 = addresses(&mut rng, &ranges, 8, 8, SMALL_OPS);
     let addr4k = addresses(&mut rng, &ranges, 4096, 4096, SMALL_OPS);
@@ -462,6 +488,7 @@ fn main() -> Result<()> {
     );
 
     // --- Round trips, each beside the in-process read of the same bytes.
+    let (timed, qemu_cpu) = (Instant::now(), cpu_time(&qemu_pid));
     let mut buf = vec![0u8; MIB as usize];
     let mut rows = Vec::new();
     for (label, addrs, size) in [
@@ -469,16 +496,19 @@ fn main() -> Result<()> {
         ("4 KiB", &addr4k, 4096),
         ("1 MiB", &addr1m, MIB),
     ] {
-        let socket = measure(addrs, |&a| {
-            black_box(vmi.read_physical(a, size).expect("backed RAM"));
-        });
-        let local = measure(addrs, |&a| {
-            driver
-                .read_physical(a, &mut buf[..size as usize])
-                .expect("backed RAM");
-            black_box(&buf);
-        });
-        rows.push((label, socket, local));
+        let (mut socket, mut local) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            socket.push(measure(addrs, |&a| {
+                black_box(vmi.read_physical(a, size).expect("backed RAM"));
+            }));
+            local.push(measure(addrs, |&a| {
+                driver
+                    .read_physical(a, &mut buf[..size as usize])
+                    .expect("backed RAM");
+                black_box(&buf);
+            }));
+        }
+        rows.push((label, median_round(socket), median_round(local)));
     }
 
     // --- Bulk: the socket at 1 MiB and at the per-call maximum, against the
@@ -525,6 +555,8 @@ fn main() -> Result<()> {
         ),
     ];
     let local_walk = time_walks(|| walk_in_process(&kernel))?;
+    let qemu_share =
+        cpu_time(&qemu_pid).saturating_sub(qemu_cpu).as_secs_f64() / timed.elapsed().as_secs_f64();
 
     // --- Report.
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -548,6 +580,11 @@ fn main() -> Result<()> {
     println!(
         "in-process = kernel.driver().read_physical / kernel.processes(); percentiles include one clock read (~{clock:.0} ns)"
     );
+    println!(
+        "host load average at start {}; the guest's QEMU used {:.0}% of a CPU while the rows ran; rows: median of {ROUNDS} alternated rounds",
+        loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        qemu_share * 100.0
+    );
     println!();
     println!(
         "{:<22} {:>6} {:>10} {:>10} {:>10} {:>11} {:>10} {:>10} {:>8}",
@@ -568,7 +605,7 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "{:<22} {:>12} {:>12} {:>14}   (MB = 10^6 B; {} MiB per round, median of {ROUNDS} alternated rounds)",
+        "{:<22} {:>12} {:>12} {:>14}   (MB = 10^6 B; {} MiB per round)",
         "bulk read, per call",
         "socket MB/s",
         "in-proc MB/s",
