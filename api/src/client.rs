@@ -27,6 +27,13 @@ pub const DEFAULT_SOCKET: &str = "/run/furnace/vmi.sock";
 /// How long a call may take before the client gives up on the sidecar.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+fn undecodable(method: &str, e: prost::DecodeError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("undecodable {method} reply: {e}"),
+    )
+}
+
 fn unavailable(context: &str, e: std::io::Error) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, format!("{context}: {e}"))
 }
@@ -57,7 +64,9 @@ impl Connection {
         })
     }
 
-    fn call(&mut self, service: &str, method: &str, payload: Vec<u8>) -> Result<Vec<u8>> {
+    /// Sends one request and returns the reply's payload, borrowed from the
+    /// connection's buffer until the next call.
+    fn call(&mut self, service: &str, method: &str, payload: Vec<u8>) -> Result<&[u8]> {
         let stream_id = self.next_stream_id;
         self.next_stream_id = self.next_stream_id.wrapping_add(2);
         let request = Request {
@@ -87,15 +96,40 @@ impl Connection {
                 format!("unexpected frame from the sidecar: {header:?} (waiting for stream {stream_id})"),
             ));
         }
-        wire::read_payload(&mut self.stream, header.length, &mut self.buf)
+        let reply = wire::read_payload(&mut self.stream, header.length, &mut self.buf)
             .map_err(|e| unavailable("reading the sidecar's reply", e))?;
-        let response = Response::decode(self.buf.as_slice())
+        if let Some(payload) = ok_payload(reply) {
+            return Ok(payload);
+        }
+        let response = Response::decode(reply)
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("undecodable reply: {e}")))?;
         match response.status {
             Some(status) if status.code != wire::code::OK => Err(ApiError::from_status(&status)),
-            _ => Ok(response.payload),
+            _ => Err(ApiError::new(
+                ErrorCode::Internal,
+                "a reply with neither payload nor failure status",
+            )),
         }
     }
+}
+
+/// The payload of a successful `ttrpc.Response` (no status, field 2 only),
+/// sliced out without copying; `None` for anything else.
+fn ok_payload(response: &[u8]) -> Option<&[u8]> {
+    if response.is_empty() {
+        return Some(response);
+    }
+    length_delimited(response, 0x12)
+}
+
+/// The contents of `buf` when it is exactly one length-delimited field with `tag`.
+fn length_delimited(buf: &[u8], tag: u8) -> Option<&[u8]> {
+    let (&first, mut rest) = buf.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let len = prost::encoding::decode_varint(&mut rest).ok()?;
+    (rest.len() as u64 == len).then_some(rest)
 }
 
 /// A client of one ttrpc service on one socket.
@@ -113,13 +147,42 @@ impl ServiceClient {
     }
 
     fn call<Q: Message, A: Message + Default>(&self, method: &str, request: &Q) -> Result<A> {
+        self.call_with(method, request, |payload| {
+            A::decode(payload).map_err(|e| undecodable(method, e))
+        })
+    }
+
+    /// Calls `method` and hands the raw reply payload to `read`.
+    fn call_with<Q: Message, T>(
+        &self,
+        method: &str,
+        request: &Q,
+        read: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<T> {
         let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        let payload = connection.call(self.service, method, request.encode_to_vec())?;
-        A::decode(payload.as_slice()).map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("undecodable {method} reply: {e}"),
-            )
+        read(connection.call(self.service, method, request.encode_to_vec())?)
+    }
+
+    /// Calls a method whose reply is `furnace.vmi.v1.Bytes`, handing `read`
+    /// the data in place.
+    fn call_bytes<Q: Message, T>(
+        &self,
+        method: &str,
+        request: &Q,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        self.call_with(method, request, |payload| {
+            if payload.is_empty() {
+                return Ok(read(&[]));
+            }
+            match length_delimited(payload, 0x0a) {
+                Some(data) => Ok(read(data)),
+                None => Ok(read(
+                    &v1::Bytes::decode(payload)
+                        .map_err(|e| undecodable(method, e))?
+                        .data,
+                )),
+            }
         })
     }
 }
@@ -154,10 +217,30 @@ impl Vmi {
     }
 
     pub fn read_physical(&self, address: u64, size: u64) -> Result<Vec<u8>> {
-        let reply: v1::Bytes = self
-            .client
-            .call("ReadPhysical", &v1::ReadPhysicalRequest { address, size })?;
-        Ok(reply.data)
+        let request = v1::ReadPhysicalRequest { address, size };
+        self.client
+            .call_bytes("ReadPhysical", &request, <[u8]>::to_vec)
+    }
+
+    /// Fills `buf` from guest-physical `address`: for bulk reads, with no
+    /// allocation per call.
+    pub fn read_physical_into(&self, address: u64, buf: &mut [u8]) -> Result<()> {
+        let request = v1::ReadPhysicalRequest {
+            address,
+            size: buf.len() as u64,
+        };
+        let whole = self.client.call_bytes("ReadPhysical", &request, |data| {
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            data.len() == buf.len()
+        })?;
+        match whole {
+            true => Ok(()),
+            false => Err(ApiError::new(
+                ErrorCode::Internal,
+                "the sidecar returned another size than asked for",
+            )),
+        }
     }
 
     pub fn write_physical(&self, address: u64, data: &[u8]) -> Result<()> {
@@ -174,15 +257,13 @@ impl Vmi {
     /// Reads kernel virtual memory (`pid` 0) or process `pid`'s.
     pub fn read_virtual(&self, pid: u32, address: u64, size: u64) -> Result<Vec<u8>> {
         let space = if pid == 0 { kernel() } else { process(pid) };
-        let reply: v1::Bytes = self.client.call(
-            "ReadVirtual",
-            &v1::ReadVirtualRequest {
-                address,
-                size,
-                space,
-            },
-        )?;
-        Ok(reply.data)
+        let request = v1::ReadVirtualRequest {
+            address,
+            size,
+            space,
+        };
+        self.client
+            .call_bytes("ReadVirtual", &request, <[u8]>::to_vec)
     }
 
     pub fn write_virtual(&self, pid: u32, address: u64, data: &[u8]) -> Result<()> {
@@ -202,10 +283,8 @@ impl Vmi {
             offset,
             size,
         };
-        Ok(self
-            .client
-            .call::<_, v1::Bytes>("ReadSymbol", &request)?
-            .data)
+        self.client
+            .call_bytes("ReadSymbol", &request, <[u8]>::to_vec)
     }
 
     /// Reads a little-endian integer of `width` (1, 2, 4 or 8) bytes.

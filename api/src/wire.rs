@@ -56,12 +56,20 @@ pub fn read_header(reader: &mut impl Read) -> io::Result<Option<Header>> {
     Ok(Some(Header::decode(&bytes)))
 }
 
-/// Reads a payload of `length` bytes into `buf` (reused between frames).
-/// The caller has checked `length` against [`MAX_PAYLOAD`].
-pub fn read_payload(reader: &mut impl Read, length: u32, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    buf.resize(length as usize, 0);
-    reader.read_exact(buf)
+/// Reads a payload of `length` bytes into the front of `buf` and returns it.
+/// `buf` is reused between frames and only grows, so it is not re-zeroed for
+/// every frame. The caller has checked `length` against [`MAX_PAYLOAD`].
+pub fn read_payload<'b>(
+    reader: &mut impl Read,
+    length: u32,
+    buf: &'b mut Vec<u8>,
+) -> io::Result<&'b [u8]> {
+    let length = length as usize;
+    if buf.len() < length {
+        buf.resize(length, 0);
+    }
+    reader.read_exact(&mut buf[..length])?;
+    Ok(&buf[..length])
 }
 
 /// Writes one frame with a single vectored write where the socket takes it,
@@ -143,9 +151,11 @@ mod tests {
         let mut cursor = io::Cursor::new(out);
         let h = read_header(&mut cursor).unwrap().unwrap();
         assert_eq!((h.length, h.stream_id, h.kind), (5, 3, TYPE_RESPONSE));
-        let mut buf = Vec::new();
-        read_payload(&mut cursor, h.length, &mut buf).unwrap();
-        assert_eq!(buf, b"hello");
+        let mut buf = vec![0u8; 64];
+        assert_eq!(
+            read_payload(&mut cursor, h.length, &mut buf).unwrap(),
+            b"hello"
+        );
         assert!(read_header(&mut cursor).unwrap().is_none());
         let err = read_header(&mut io::Cursor::new(vec![0u8; 4])).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);

@@ -325,9 +325,9 @@ fn raw_exchange(socket: &std::path::Path, frame: &[u8]) -> (furnace_api::ApiErro
     let header = furnace_api::wire::read_header(&mut stream)
         .unwrap()
         .expect("a reply frame");
-    let mut payload = Vec::new();
-    furnace_api::wire::read_payload(&mut stream, header.length, &mut payload).unwrap();
-    let response = Response::decode(payload.as_slice()).unwrap();
+    let mut buf = Vec::new();
+    let payload = furnace_api::wire::read_payload(&mut stream, header.length, &mut buf).unwrap();
+    let response = Response::decode(payload).unwrap();
     let error = furnace_api::ApiError::from_status(&response.status.expect("a failure status"));
     let mut byte = [0u8; 1];
     let closed = matches!(stream.read(&mut byte), Ok(0));

@@ -2,13 +2,14 @@
 //! keeps per-connection state (which app, which leases) trivially correct.
 
 use super::apps::App;
+use super::reply::Reply;
 use super::Sidecar;
 use furnace_api::ttrpc::{Request, Response};
 use furnace_api::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
 use furnace_api::{ApiError, ErrorCode, ADMIN_SERVICE, VMI_SERVICE};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use prost::Message;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,11 +34,12 @@ pub fn serve_admin(sidecar: &Arc<Sidecar>, stream: UnixStream) {
         tracing::warn!("refused an admin connection from a non-root peer");
         return;
     }
-    serve(stream, |service, method, payload| {
+    serve(stream, |service, method, payload, reply| {
         if service != ADMIN_SERVICE {
             return Err(unknown(service, method));
         }
-        sidecar.handle_admin(method, payload)
+        reply.encoded(&sidecar.handle_admin(method, payload)?);
+        Ok(())
     });
 }
 
@@ -60,7 +62,7 @@ pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
             Err(_) => return,
         };
     }
-    serve(stream, |service, method, payload| {
+    serve(stream, |service, method, payload, reply| {
         if service != VMI_SERVICE {
             return Err(unknown(service, method));
         }
@@ -74,7 +76,7 @@ pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
                 ),
             ))
         } else {
-            sidecar.handle_vmi(app, id, method, payload)
+            sidecar.handle_vmi(app, id, method, payload, reply)
         };
         app.in_flight.fetch_sub(1, Ordering::AcqRel);
         result
@@ -98,20 +100,24 @@ fn unknown(service: &str, method: &str) -> ApiError {
 /// connection goes on.
 fn serve(
     stream: UnixStream,
-    mut handle: impl FnMut(&str, &str, &[u8]) -> Result<Vec<u8>, ApiError>,
+    mut handle: impl FnMut(&str, &str, &[u8], &mut Reply) -> Result<(), ApiError>,
 ) {
-    let Ok(write_half) = stream.try_clone() else {
+    let Ok(mut writer) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::with_capacity(64 << 10, stream);
-    let mut writer = BufWriter::with_capacity(64 << 10, write_half);
     let mut payload = Vec::new();
+    let mut reply = Reply::default();
     loop {
         let header = match wire::read_header(&mut reader) {
             Ok(Some(h)) => h,
             Ok(None) | Err(_) => return,
         };
-        let reply = |writer: &mut BufWriter<UnixStream>, response: Response| {
+        let fail = |writer: &mut UnixStream, error: &ApiError| {
+            let response = Response {
+                status: Some(error.to_status()),
+                payload: Vec::new(),
+            };
             wire::write_frame(
                 writer,
                 header.stream_id,
@@ -128,41 +134,37 @@ fn serve(
                     wire::MAX_PAYLOAD
                 ),
             );
-            let _ = reply(&mut writer, failure(&error));
+            let _ = fail(&mut writer, &error);
             return;
         }
-        if wire::read_payload(&mut reader, header.length, &mut payload).is_err() {
+        let Ok(request) = wire::read_payload(&mut reader, header.length, &mut payload) else {
             return;
-        }
-        let response = if header.kind != TYPE_REQUEST {
-            failure(&ApiError::new(
+        };
+        let outcome = if header.kind != TYPE_REQUEST {
+            Err(ApiError::new(
                 ErrorCode::InvalidArgument,
                 format!("frame type {} is not a request", header.kind),
             ))
         } else {
-            match Request::decode(payload.as_slice()) {
-                Ok(request) => match handle(&request.service, &request.method, &request.payload) {
-                    Ok(payload) => Response {
-                        status: None,
-                        payload,
-                    },
-                    Err(error) => failure(&error),
-                },
-                Err(e) => failure(&ApiError::new(
+            match Request::decode(request) {
+                Ok(request) => handle(
+                    &request.service,
+                    &request.method,
+                    &request.payload,
+                    &mut reply,
+                ),
+                Err(e) => Err(ApiError::new(
                     ErrorCode::InvalidArgument,
                     format!("not a ttrpc request: {e}"),
                 )),
             }
         };
-        if reply(&mut writer, response).is_err() {
+        let sent = match outcome {
+            Ok(()) => writer.write_all(reply.frame(header.stream_id)),
+            Err(error) => fail(&mut writer, &error),
+        };
+        if sent.is_err() {
             return;
         }
-    }
-}
-
-fn failure(error: &ApiError) -> Response {
-    Response {
-        status: Some(error.to_status()),
-        payload: Vec::new(),
     }
 }

@@ -9,6 +9,7 @@ mod connection;
 mod lease;
 mod limits;
 mod ops;
+mod reply;
 mod vmi;
 
 pub use apps::App;

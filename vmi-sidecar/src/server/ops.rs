@@ -81,6 +81,12 @@ pub fn execute(kernel: &LinuxKernel, limits: &Limits, op: &Op) -> OpResult<CallR
 
 /// A zeroed buffer of `size` bytes, refused before allocating when over the limit.
 fn sized_buffer(limits: &Limits, size: u64) -> OpResult<Vec<u8>> {
+    check_read_size(limits, size)?;
+    Ok(vec![0u8; size as usize])
+}
+
+/// Refuses a read over the per-call limit, before anything is allocated.
+pub fn check_read_size(limits: &Limits, size: u64) -> OpResult<()> {
     if size > limits.max_read_bytes {
         return Err(ApiError::new(
             ErrorCode::LimitExceeded,
@@ -90,7 +96,7 @@ fn sized_buffer(limits: &Limits, size: u64) -> OpResult<Vec<u8>> {
             ),
         ));
     }
-    Ok(vec![0u8; size as usize])
+    Ok(())
 }
 
 pub fn dtb(kernel: &LinuxKernel, space: Option<&AddressSpace>) -> OpResult<u64> {

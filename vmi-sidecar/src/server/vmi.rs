@@ -2,7 +2,8 @@
 
 use super::apps::App;
 use super::lease::Holder;
-use super::ops::{execute, invalid, OpResult};
+use super::ops::{check_read_size, execute, invalid, OpResult};
+use super::reply::Reply;
 use super::{batch, Sidecar};
 use furnace_api::v1::{self, call::Op, call_result::Value, Permission};
 use furnace_api::{ApiError, ErrorCode};
@@ -21,24 +22,66 @@ impl Sidecar {
         connection: u64,
         method: &str,
         payload: &[u8],
-    ) -> OpResult<Vec<u8>> {
+        reply: &mut Reply,
+    ) -> OpResult<()> {
         if self.guest_gone() {
             return Err(ApiError::new(
                 ErrorCode::GuestGone,
                 format!("guest {} is gone: its QEMU exited", self.guest),
             ));
         }
+        if !matches!(method, "ReadPhysical" | "ReadVirtual" | "ReadSymbol") {
+            let message = self.handle_vmi_message(app, connection, method, payload)?;
+            reply.encoded(&message);
+            return Ok(());
+        }
+        if !app.permissions.contains(&Permission::Read) {
+            return Err(not_permitted(method, Permission::Read));
+        }
+        // Reads go straight from guest memory into the reply frame.
+        match method {
+            "ReadPhysical" => {
+                let r: v1::ReadPhysicalRequest = decode(payload)?;
+                check_read_size(&self.limits, r.size)?;
+                let driver = self.kernel.driver();
+                Ok(
+                    reply
+                        .bytes_with(r.size as usize, |out| driver.read_physical(r.address, out))?,
+                )
+            }
+            "ReadVirtual" => {
+                let r: v1::ReadVirtualRequest = decode(payload)?;
+                check_read_size(&self.limits, r.size)?;
+                let dtb = super::ops::dtb(&self.kernel, r.space.as_ref())?;
+                Ok(reply.bytes_with(r.size as usize, |out| {
+                    self.kernel.read_virtual(dtb, r.address, out)
+                })?)
+            }
+            _ => {
+                let r: v1::ReadSymbolRequest = decode(payload)?;
+                check_read_size(&self.limits, r.size)?;
+                let address = self
+                    .kernel
+                    .symbol_address(&r.symbol)?
+                    .wrapping_add(r.offset);
+                Ok(reply
+                    .bytes_with(r.size as usize, |out| self.kernel.read_kernel(address, out))?)
+            }
+        }
+    }
+
+    fn handle_vmi_message(
+        &self,
+        app: &App,
+        connection: u64,
+        method: &str,
+        payload: &[u8],
+    ) -> OpResult<Vec<u8>> {
         let need = |permission: Permission| -> OpResult<()> {
             if app.permissions.contains(&permission) {
                 Ok(())
             } else {
-                Err(ApiError::new(
-                    ErrorCode::NotPermitted,
-                    format!(
-                        "{method} needs the `{}` permission, which this app was not granted",
-                        permission_name(permission)
-                    ),
-                ))
+                Err(not_permitted(method, permission))
             }
         };
         let unary = |op: Op| -> OpResult<Vec<u8>> {
@@ -48,9 +91,6 @@ impl Sidecar {
             ))
         };
         match method {
-            "ReadPhysical" => unary(Op::ReadPhysical(decode(payload)?)),
-            "ReadVirtual" => unary(Op::ReadVirtual(decode(payload)?)),
-            "ReadSymbol" => unary(Op::ReadSymbol(decode(payload)?)),
             "ReadInteger" => unary(Op::ReadInteger(decode(payload)?)),
             "ReadString" => unary(Op::ReadString(decode(payload)?)),
             "TranslateKernel" => unary(Op::TranslateKernel(decode(payload)?)),
@@ -204,6 +244,16 @@ impl Sidecar {
             kaslr_offset: self.kernel.location().virtual_shift,
         })
     }
+}
+
+fn not_permitted(method: &str, permission: Permission) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotPermitted,
+        format!(
+            "{method} needs the `{}` permission, which this app was not granted",
+            permission_name(permission)
+        ),
+    )
 }
 
 pub fn permission_name(p: Permission) -> &'static str {
