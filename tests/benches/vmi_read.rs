@@ -30,7 +30,7 @@ use common::{
 use furnace_tests::TestGuest;
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::qmp::QmpClient;
-use furnace_vmi::driver::{Driver, PhysicalMemory};
+use furnace_vmi::driver::{Driver, PhysicalMemory, RamBacked};
 use furnace_vmi::linux::LinuxKernel;
 use furnace_vmi::profile::Profile;
 use serde_json::Value;

@@ -32,6 +32,29 @@ pub trait PhysicalMemory: Send + Sync {
     }
 }
 
+/// A driver whose memory is one [`MappedRam`]; its [`PhysicalMemory`] is the mapping's.
+pub trait RamBacked: Send + Sync {
+    fn ram(&self) -> &MappedRam;
+}
+
+impl<T: RamBacked> PhysicalMemory for T {
+    fn physical_size(&self) -> u64 {
+        self.ram().physical_size()
+    }
+
+    fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()> {
+        self.ram().read_physical(address, buf)
+    }
+
+    fn physical_ranges(&self) -> Vec<(u64, u64)> {
+        self.ram().physical_ranges()
+    }
+
+    fn write_physical(&self, address: u64, data: &[u8]) -> Result<()> {
+        self.ram().write_physical(address, data)
+    }
+}
+
 /// Whether the guest's vCPUs execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunState {

@@ -10,7 +10,7 @@
 
 use super::qmp::QmpClient;
 use super::{
-    Driver, MappedRam, PhysicalMemory, RamRegion, Registers, RunState, VcpuRegisters, VmControl,
+    Driver, MappedRam, RamBacked, RamRegion, Registers, RunState, VcpuRegisters, VmControl,
 };
 use crate::error::{Result, VmiError};
 use serde_json::Value;
@@ -67,10 +67,6 @@ impl QemuGuest {
         &self.dir
     }
 
-    pub fn ram(&self) -> &MappedRam {
-        &self.ram
-    }
-
     /// Runs a QMP command on the guest's monitor.
     pub fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
         self.with_qmp(|qmp| qmp.execute(command, arguments))
@@ -86,21 +82,9 @@ impl QemuGuest {
     }
 }
 
-impl PhysicalMemory for QemuGuest {
-    fn physical_size(&self) -> u64 {
-        self.ram.physical_size()
-    }
-
-    fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()> {
-        self.ram.read_physical(address, buf)
-    }
-
-    fn physical_ranges(&self) -> Vec<(u64, u64)> {
-        self.ram.physical_ranges()
-    }
-
-    fn write_physical(&self, address: u64, data: &[u8]) -> Result<()> {
-        self.ram.write_physical(address, data)
+impl RamBacked for QemuGuest {
+    fn ram(&self) -> &MappedRam {
+        &self.ram
     }
 }
 

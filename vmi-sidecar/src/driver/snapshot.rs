@@ -2,7 +2,7 @@
 //! 0 at offset 0) or QEMU's `dump-guest-memory` ELF core, whose `PT_LOAD`
 //! headers carry each block's guest-physical address.
 
-use super::{Driver, MappedRam, PhysicalMemory, RamRegion};
+use super::{Driver, MappedRam, RamBacked, RamRegion};
 use crate::error::{Result, VmiError};
 use object::elf;
 use object::read::elf::{FileHeader, ProgramHeader};
@@ -85,17 +85,9 @@ fn elf_regions(head: &[u8]) -> Result<Vec<RamRegion>, String> {
     Ok(regions)
 }
 
-impl PhysicalMemory for Snapshot {
-    fn physical_size(&self) -> u64 {
-        self.ram.physical_size()
-    }
-
-    fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()> {
-        self.ram.read_physical(address, buf)
-    }
-
-    fn physical_ranges(&self) -> Vec<(u64, u64)> {
-        self.ram.physical_ranges()
+impl RamBacked for Snapshot {
+    fn ram(&self) -> &MappedRam {
+        &self.ram
     }
 }
 
