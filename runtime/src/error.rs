@@ -1,0 +1,96 @@
+//! The one error type of the partition policy. Every message names the
+//! annotation, config field or spec field at fault and says what to do.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A `furnace.dev/*` (or CRI) annotation is missing, malformed or asks
+    /// for more than the provider allows.
+    #[error("annotation `{key}`: {problem}; {fix}")]
+    Annotation {
+        key: String,
+        problem: String,
+        fix: String,
+    },
+
+    /// The provider config holds a value the policy cannot use.
+    #[error("provider config field `{field}`: {problem}; {fix}")]
+    Config {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+
+    /// The provider config file exists but could not be read.
+    #[error("cannot read provider config {path}: {source}; fix its permissions or point containerd's runtime option `ConfigPath` at a readable file")]
+    ConfigIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The provider config file is not valid TOML for [`crate::ProviderConfig`]
+    /// (this includes unknown keys).
+    #[error("provider config {path} is invalid: {message}; fix the file (every field is optional, see runtime/README.md)")]
+    ConfigParse { path: PathBuf, message: String },
+
+    /// The incoming OCI spec carries something the partition may not have
+    /// (for example a bind mount of a host path).
+    #[error("OCI spec `{field}`: {problem}; {fix}")]
+    Spec {
+        field: String,
+        problem: String,
+        fix: String,
+    },
+
+    /// The caller passed socket paths the policy cannot mount.
+    #[error("socket mount `{which}`: {problem}; {fix}")]
+    Socket {
+        which: &'static str,
+        problem: String,
+        fix: String,
+    },
+
+    /// An embedded seccomp data file is broken (a build-time bug; tests catch it).
+    #[error("seccomp profile `{role}`: {problem}; fix runtime/seccomp/{role}.json")]
+    SeccompData { role: &'static str, problem: String },
+}
+
+impl PolicyError {
+    pub(crate) fn annotation(
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        PolicyError::Annotation {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    pub(crate) fn config(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        PolicyError::Config {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    pub(crate) fn spec(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        PolicyError::Spec {
+            field: field.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Furnace's partition policy as pure transforms of an OCI runtime spec:
+//! `(Spec, annotations, provider config) → Spec`. Nothing here needs root or
+//! touches the host, so the whole policy is visible and testable in the spec.
+//!
+//! - [`config`]: the provider config (`/etc/furnace/furnace.toml`);
+//! - [`annotations`]: the `furnace.dev/*` contract and the role;
+//! - [`policy`]: the hardening steps, one function each;
+//! - [`seccomp`]: the per-role syscall allowlists (data in `runtime/seccomp/`).
+//!
+//! The launcher (libcontainer in a single-threaded helper) is not here yet.
+
+pub mod annotations;
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod seccomp;
+pub mod units;
+
+pub use annotations::{AppRequest, Backend, Role};
+pub use config::{Limits, ProviderConfig, SeccompMode};
+pub use error::PolicyError;
+pub use policy::{SocketMounts, FAC_SOCKET, VMI_SOCKET};
+
+use oci_spec::runtime::Spec;
+use std::collections::HashMap;
+
+/// A hardened spec plus what the shim needs to finish the job.
+#[derive(Clone, Debug)]
+pub struct Hardened {
+    pub spec: Spec,
+    pub role: Role,
+    /// Guest (None for a sandbox without one), effective permissions, backend.
+    pub request: AppRequest,
+    /// The cgroup limits in force (the request, tightened by the spec's own).
+    pub limits: Limits,
+    /// Host uid/gid the container process runs as (its user namespace
+    /// mapping of `process.user`), for owning the app's socket. None when no
+    /// user namespace is added (sandbox).
+    pub host_uid: Option<u32>,
+    pub host_gid: Option<u32>,
+    /// What was stripped from the spec, for the shim to log.
+    pub notes: Vec<String>,
+}
+
+/// Hardens `spec` for the role its annotations imply: a CRI sandbox if
+/// `io.kubernetes.cri.container-type=sandbox`, else an app.
+pub fn harden(
+    spec: Spec,
+    annotations: &HashMap<String, String>,
+    config: &ProviderConfig,
+    sockets: &SocketMounts,
+) -> Result<Hardened, PolicyError> {
+    harden_as(
+        Role::from_annotations(annotations),
+        spec,
+        annotations,
+        config,
+        sockets,
+    )
+}
+
+/// Hardens `spec` for an explicit role. Only the shim picks [`Role::Fac`],
+/// for the facilities relay it starts itself.
+pub fn harden_as(
+    role: Role,
+    mut spec: Spec,
+    annotations: &HashMap<String, String>,
+    config: &ProviderConfig,
+    sockets: &SocketMounts,
+) -> Result<Hardened, PolicyError> {
+    config.validate()?;
+    let request = annotations::parse(annotations, config, role)?;
+    let mut notes = Vec::new();
+
+    policy::read_only_root(&mut spec)?;
+    policy::drop_privileges(&mut spec)?;
+    policy::namespaces(&mut spec, role);
+    let ids = match role {
+        Role::App | Role::Fac => Some(policy::user_namespace(&mut spec, config)?),
+        Role::Sandbox => None,
+    };
+    let limits = policy::resources(&mut spec, &request.limits, &mut notes);
+    policy::masked_and_readonly_paths(&mut spec);
+    policy::strip_host_reach(&mut spec, &mut notes);
+    policy::mounts(&mut spec, role, config, sockets, &mut notes)?;
+    policy::seccomp(&mut spec, role, config)?;
+
+    Ok(Hardened {
+        spec,
+        role,
+        request,
+        limits,
+        host_uid: ids.map(|(u, _)| u),
+        host_gid: ids.map(|(_, g)| g),
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

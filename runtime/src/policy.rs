@@ -1,0 +1,633 @@
+//! The hardening steps, each a function on the OCI spec. [`crate::harden`]
+//! runs them in order; each is public so the shim (and tests) can see what
+//! one step does.
+
+use crate::annotations::Role;
+use crate::config::{Limits, ProviderConfig, CPU_PERIOD_US};
+use crate::error::PolicyError;
+use crate::seccomp;
+use crate::units::ByteSize;
+use oci_spec::runtime::{
+    Capabilities, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType,
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemory, LinuxNamespace, LinuxNamespaceType,
+    LinuxPids, LinuxResources, Mount, Spec,
+};
+use std::path::{Component, Path, PathBuf};
+
+/// Where the app finds its VMI socket.
+pub const VMI_SOCKET: &str = "/run/furnace/vmi.sock";
+/// Where the app finds the facilities relay's socket.
+pub const FAC_SOCKET: &str = "/run/furnace/fac.sock";
+/// The small tmpfs that holds the two sockets.
+pub const SOCKET_DIR: &str = "/run/furnace";
+
+/// runc's and containerd's default masked paths (containerd adds powercap,
+/// CVE-2020-8694).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's and containerd's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Host paths of the sockets to bind into the partition. Both must lie under
+/// the provider's `socket_root`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketMounts {
+    /// The app's own VMI socket, `<root>/guests/<guest>/apps/<id>.sock`.
+    /// Required for [`Role::App`], refused for the others.
+    pub vmi: Option<PathBuf>,
+    /// The facilities relay's socket for this app, if a backend is named.
+    pub fac: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------- root, process
+
+/// The root filesystem is mounted read-only.
+pub fn read_only_root(spec: &mut Spec) -> Result<(), PolicyError> {
+    let root = spec.root_mut().as_mut().ok_or_else(|| {
+        PolicyError::spec(
+            "root",
+            "is missing",
+            "give the container a root filesystem (containerd always does)",
+        )
+    })?;
+    root.set_readonly(Some(true));
+    Ok(())
+}
+
+/// No capabilities in any set, and `no_new_privs`.
+pub fn drop_privileges(spec: &mut Spec) -> Result<(), PolicyError> {
+    let process = spec.process_mut().as_mut().ok_or_else(|| {
+        PolicyError::spec(
+            "process",
+            "is missing",
+            "give the container a process to run",
+        )
+    })?;
+    harden_process(process);
+    Ok(())
+}
+
+/// The process part of the policy, also for an `exec`ed process.
+pub fn harden_process(process: &mut oci_spec::runtime::Process) {
+    let none = || Some(Capabilities::new());
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(none());
+    caps.set_effective(none());
+    caps.set_inheritable(none());
+    caps.set_permitted(none());
+    caps.set_ambient(none());
+    process.set_capabilities(Some(caps));
+    process.set_no_new_privileges(Some(true));
+}
+
+// ---------------------------------------------------------------- namespaces
+
+fn ns(typ: LinuxNamespaceType) -> LinuxNamespace {
+    let mut n = LinuxNamespace::default();
+    n.set_typ(typ);
+    n
+}
+
+/// App and fac: fresh pid, ipc, uts, mount, cgroup and user namespaces (any
+/// path to join, such as a CRI pod's, is dropped: an app shares nothing with
+/// its pod). The app also gets a fresh, empty network namespace (only `lo`);
+/// the fac keeps whatever network namespace the caller gave it, since it must
+/// reach the tenant backend.
+///
+/// Sandbox: keeps the namespaces CRI set up (the pod's network namespace is a
+/// path made by CNI) and gets fresh ones for any of pid/ipc/uts/mount/net
+/// that is missing; no user namespace is added.
+pub fn namespaces(spec: &mut Spec, role: Role) {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let given = linux.namespaces().clone().unwrap_or_default();
+    let base = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ];
+    let list = match role {
+        Role::App | Role::Fac => {
+            let mut list: Vec<_> = base
+                .into_iter()
+                .chain([LinuxNamespaceType::Cgroup, LinuxNamespaceType::User])
+                .map(ns)
+                .collect();
+            match role {
+                Role::App => list.push(ns(LinuxNamespaceType::Network)),
+                _ => list.extend(
+                    given
+                        .iter()
+                        .filter(|n| n.typ() == LinuxNamespaceType::Network)
+                        .cloned(),
+                ),
+            }
+            list
+        }
+        Role::Sandbox => {
+            let mut list = given.clone();
+            for typ in base.into_iter().chain([LinuxNamespaceType::Network]) {
+                if !list.iter().any(|n| n.typ() == typ) {
+                    list.push(ns(typ));
+                }
+            }
+            list
+        }
+    };
+    linux.set_namespaces(Some(list));
+}
+
+fn mapping(host: u32, size: u32) -> LinuxIdMapping {
+    LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(host)
+        .size(size)
+        .build()
+        .expect("every LinuxIdMapping field is set")
+}
+
+/// Maps container ids `0..size` onto the provider's unprivileged host range
+/// and returns the host uid and gid the process runs as.
+pub fn user_namespace(spec: &mut Spec, config: &ProviderConfig) -> Result<(u32, u32), PolicyError> {
+    let u = config.user_namespace;
+    let (uid, gid, extra) = match spec.process() {
+        Some(p) => (
+            p.user().uid(),
+            p.user().gid(),
+            p.user().additional_gids().clone().unwrap_or_default(),
+        ),
+        None => (0, 0, vec![]),
+    };
+    for (field, id) in [("process.user.uid", uid), ("process.user.gid", gid)]
+        .into_iter()
+        .chain(extra.iter().map(|g| ("process.user.additionalGids", *g)))
+    {
+        if id >= u.size {
+            return Err(PolicyError::spec(
+                field,
+                format!("{id} is outside the {} ids the user namespace maps", u.size),
+                "run the image as a user below that (e.g. USER 1000 or root, which maps to an unprivileged host id), or have the provider raise user_namespace.size",
+            ));
+        }
+    }
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.set_uid_mappings(Some(vec![mapping(u.host_uid, u.size)]));
+    linux.set_gid_mappings(Some(vec![mapping(u.host_gid, u.size)]));
+    Ok((u.host_uid + uid, u.host_gid + gid))
+}
+
+// ---------------------------------------------------------------- resources
+
+/// The devices an app may open: null, zero, full, random, urandom, tty,
+/// ptmx and the pty slaves.
+const ALLOWED_DEVICES: &[(LinuxDeviceType, i64, Option<i64>)] = &[
+    (LinuxDeviceType::C, 1, Some(3)),
+    (LinuxDeviceType::C, 1, Some(5)),
+    (LinuxDeviceType::C, 1, Some(7)),
+    (LinuxDeviceType::C, 1, Some(8)),
+    (LinuxDeviceType::C, 1, Some(9)),
+    (LinuxDeviceType::C, 5, Some(0)),
+    (LinuxDeviceType::C, 5, Some(2)),
+    (LinuxDeviceType::C, 136, None),
+];
+
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+) -> LinuxDeviceCgroup {
+    let mut d = LinuxDeviceCgroup::default();
+    d.set_allow(allow);
+    d.set_typ(Some(typ));
+    d.set_major(major);
+    d.set_minor(minor);
+    d.set_access(Some("rwm".into()));
+    d
+}
+
+fn device_allowed(d: &LinuxDevice) -> bool {
+    ALLOWED_DEVICES.iter().any(|(t, major, minor)| {
+        d.typ() == *t && d.major() == *major && minor.is_none_or(|m| m == d.minor())
+    })
+}
+
+/// cgroup limits: the requested (or default) limits, tightened further by
+/// any limit already in the spec (a Kubernetes `resources.limits`), never
+/// loosened. Swap is not added on top of memory, the OOM killer stays on,
+/// realtime and burst CPU time and raw cgroup v2 keys are dropped, and the
+/// device cgroup denies everything but the standard devices.
+/// Returns the limits that are in force.
+pub fn resources(spec: &mut Spec, limits: &Limits, notes: &mut Vec<String>) -> Limits {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let r = linux
+        .resources_mut()
+        .get_or_insert_with(LinuxResources::default);
+
+    // Memory.
+    let old = r.memory().unwrap_or_default();
+    let mut memory = limits.memory.bytes() as i64;
+    if let Some(l) = old.limit().filter(|l| *l > 0 && *l < memory) {
+        memory = l;
+    }
+    let mut m = LinuxMemory::default();
+    m.set_limit(Some(memory));
+    m.set_swap(Some(memory));
+    m.set_reservation(old.reservation().filter(|v| *v > 0 && *v <= memory));
+    m.set_swappiness(old.swappiness());
+    r.set_memory(Some(m));
+
+    // CPU: compare quota/period ratios; keep the tighter.
+    let old = r.cpu().clone().unwrap_or_default();
+    let (mut quota, mut period) = (limits.cpu_quota_us(), CPU_PERIOD_US);
+    if let (Some(q), Some(p)) = (old.quota(), old.period()) {
+        if q > 0 && p > 0 && (q as f64 / p as f64) < (quota as f64 / period as f64) {
+            (quota, period) = (q, p);
+        }
+    }
+    let mut c = LinuxCpu::default();
+    c.set_quota(Some(quota));
+    c.set_period(Some(period));
+    c.set_shares(old.shares());
+    c.set_cpus(old.cpus().clone());
+    c.set_mems(old.mems().clone());
+    r.set_cpu(Some(c));
+
+    // Pids.
+    let mut pids = limits.pids as i64;
+    if let Some(p) = r.pids().map(|p| p.limit()).filter(|l| *l > 0 && *l < pids) {
+        pids = p;
+    }
+    let mut p = LinuxPids::default();
+    p.set_limit(pids);
+    r.set_pids(Some(p));
+
+    // Devices: deny all, then the standard ones.
+    let mut rules = vec![device_rule(false, LinuxDeviceType::A, None, None)];
+    rules.extend(
+        ALLOWED_DEVICES
+            .iter()
+            .map(|(t, major, minor)| device_rule(true, *t, Some(*major), *minor)),
+    );
+    r.set_devices(Some(rules));
+
+    if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        notes.push(
+            "dropped linux.resources.unified (raw cgroup v2 keys could loosen the limits)".into(),
+        );
+    }
+    r.set_unified(None);
+
+    if let Some(devices) = linux.devices_mut() {
+        let before = devices.len();
+        devices.retain(device_allowed);
+        if devices.len() != before {
+            notes.push(format!(
+                "dropped {} device node(s) outside null/zero/full/random/urandom/tty/ptmx",
+                before - devices.len()
+            ));
+        }
+    }
+
+    Limits {
+        cpu: quota as f64 / period as f64,
+        memory: ByteSize(memory as u64),
+        pids: pids as u64,
+    }
+}
+
+// ---------------------------------------------------------------- paths, misc
+
+/// Masked and read-only paths: runc's defaults plus whatever the spec
+/// already had (those only restrict).
+pub fn masked_and_readonly_paths(spec: &mut Spec) {
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let union = |given: &Option<Vec<String>>, defaults: &[&str]| {
+        let mut v: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
+        for p in given.iter().flatten() {
+            if !v.contains(p) {
+                v.push(p.clone());
+            }
+        }
+        Some(v)
+    };
+    let masked = union(linux.masked_paths(), MASKED_PATHS);
+    let readonly = union(linux.readonly_paths(), READONLY_PATHS);
+    linux.set_masked_paths(masked);
+    linux.set_readonly_paths(readonly);
+}
+
+/// Drops what would run code on the host or widen the kernel interface:
+/// OCI hooks (they run on the host, as root), sysctls, personality flags and
+/// time-namespace offsets; stops mount propagation out of the container.
+pub fn strip_host_reach(spec: &mut Spec, notes: &mut Vec<String>) {
+    if spec.hooks().is_some() {
+        notes.push("dropped OCI hooks (they would run on the host)".into());
+        spec.set_hooks(None);
+    }
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+        notes.push("dropped linux.sysctl".into());
+    }
+    linux.set_sysctl(None);
+    linux.set_personality(None);
+    linux.set_time_offsets(None);
+    linux.set_rootfs_propagation(Some("rprivate".into()));
+}
+
+/// The seccomp allowlist for `role`, in the provider's mode.
+pub fn seccomp(spec: &mut Spec, role: Role, config: &ProviderConfig) -> Result<(), PolicyError> {
+    let profile = seccomp::profile(role, config.seccomp.mode)?;
+    spec.linux_mut()
+        .get_or_insert_with(Default::default)
+        .set_seccomp(Some(profile));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- mounts
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(dest));
+    m.set_typ(Some(typ.into()));
+    m.set_source(Some(PathBuf::from(source)));
+    m.set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+    m
+}
+
+fn clean(dest: &Path) -> String {
+    let s = dest.to_string_lossy();
+    let t = s.trim_end_matches('/');
+    if t.is_empty() {
+        "/".into()
+    } else {
+        t.to_string()
+    }
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// Adds `extra` options not already present, and removes their opposites.
+fn force_options(m: &mut Mount, extra: &[&str]) {
+    let mut opts = m.options().clone().unwrap_or_default();
+    for e in extra {
+        let opposite = match *e {
+            "ro" => Some("rw"),
+            "nosuid" => Some("suid"),
+            "nodev" => Some("dev"),
+            "noexec" => Some("exec"),
+            _ => None,
+        };
+        opts.retain(|o| Some(o.as_str()) != opposite);
+        if !opts.iter().any(|o| o == e) {
+            opts.push(e.to_string());
+        }
+    }
+    m.set_options(Some(opts));
+}
+
+/// CRI's per-container files, bound read-only.
+const CRI_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+/// Bound by kubelet, dropped: a token is a credential the app must not hold,
+/// and the termination log is an unbounded host file the app could fill.
+const DROPPED: &[&str] = &[
+    "/var/run/secrets/kubernetes.io/serviceaccount",
+    "/run/secrets/kubernetes.io/serviceaccount",
+    "/dev/termination-log",
+];
+
+fn check_socket(
+    which: &'static str,
+    path: &Path,
+    config: &ProviderConfig,
+) -> Result<(), PolicyError> {
+    let root = &config.socket_root;
+    let ok = path.is_absolute()
+        && path.starts_with(root)
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !ok {
+        return Err(PolicyError::Socket {
+            which,
+            problem: format!(
+                "`{}` is not an absolute path under socket_root {}",
+                path.display(),
+                root.display()
+            ),
+            fix: "pass the path the sidecar returned from Register (or fix socket_root in the provider config)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The mount table of a partition:
+/// - the standard pseudo-filesystems, rebuilt from scratch: `/proc`,
+///   `/dev`, `/dev/pts`, a private `/dev/shm`, `/dev/mqueue`, `/sys`
+///   (read-only), and `/sys/fs/cgroup` read-only if the spec had it;
+/// - CRI's `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, read-only;
+/// - other tmpfs mounts, with nosuid,nodev and a size;
+/// - a tmpfs `/tmp`;
+/// - `/run/furnace` (a tiny tmpfs) with the sockets bound into it.
+///
+/// Any other mount (a bind of a host path, a block device, a network
+/// filesystem) is an error naming it; kubelet's service-account token and
+/// termination log are dropped with a note.
+pub fn mounts(
+    spec: &mut Spec,
+    role: Role,
+    config: &ProviderConfig,
+    sockets: &SocketMounts,
+    notes: &mut Vec<String>,
+) -> Result<(), PolicyError> {
+    match role {
+        Role::App if sockets.vmi.is_none() => {
+            return Err(PolicyError::Socket {
+                which: "vmi",
+                problem: "an app needs its VMI socket but none was given".into(),
+                fix: "register the app with the guest's sidecar first and pass the socket path it returns".into(),
+            })
+        }
+        Role::Fac | Role::Sandbox if sockets.vmi.is_some() => {
+            return Err(PolicyError::Socket {
+                which: "vmi",
+                problem: format!("the {} role must not reach the VMI sidecar", role.name()),
+                fix: "pass no VMI socket for this role".into(),
+            })
+        }
+        Role::Sandbox if sockets.fac.is_some() => {
+            return Err(PolicyError::Socket {
+                which: "fac",
+                problem: "the sandbox role gets no sockets".into(),
+                fix: "pass no fac socket for a sandbox".into(),
+            })
+        }
+        _ => {}
+    }
+    if let Some(p) = &sockets.vmi {
+        check_socket("vmi", p, config)?;
+    }
+    if let Some(p) = &sockets.fac {
+        check_socket("fac", p, config)?;
+    }
+
+    let given = spec.mounts().clone().unwrap_or_default();
+    let had_cgroup = given
+        .iter()
+        .find(|m| clean(m.destination()) == "/sys/fs/cgroup")
+        .cloned();
+    let mut out = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+    ];
+    if let Some(mut cg) = had_cgroup {
+        if is_bind(&cg) {
+            return Err(PolicyError::spec(
+                "mounts[/sys/fs/cgroup]",
+                "is a bind mount of the host's cgroup tree",
+                "use a cgroup mount (type cgroup or cgroup2), as containerd does by default",
+            ));
+        }
+        force_options(&mut cg, &["nosuid", "noexec", "nodev", "ro"]);
+        out.push(cg);
+    }
+    let ours: &[&str] = &[
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/sys",
+        "/sys/fs/cgroup",
+        "/tmp",
+    ];
+    let tmp_size = format!("size={}", config.tmp_size.bytes());
+    for (i, m) in given.into_iter().enumerate() {
+        let dest = clean(m.destination());
+        let source = m
+            .source()
+            .as_ref()
+            .map(|s| s.display().to_string())
+            .unwrap_or_default();
+        if ours.contains(&dest.as_str()) {
+            continue;
+        }
+        if DROPPED.contains(&dest.as_str()) {
+            notes.push(format!("dropped the mount at {dest}"));
+            continue;
+        }
+        if dest == SOCKET_DIR || dest.starts_with("/run/furnace/") || dest == "/" {
+            return Err(PolicyError::spec(
+                format!("mounts[{i}]"),
+                format!("mounts over {dest}, which Furnace manages"),
+                "remove that mount; the runtime mounts the Furnace sockets itself",
+            ));
+        }
+        let mut m = m;
+        if CRI_FILES.contains(&dest.as_str()) && is_bind(&m) {
+            force_options(&mut m, &["ro", "nosuid", "nodev", "noexec"]);
+            out.push(m);
+            continue;
+        }
+        if m.typ().as_deref() == Some("tmpfs") && !is_bind(&m) {
+            force_options(&mut m, &["nosuid", "nodev"]);
+            if !m.options().iter().flatten().any(|o| o.starts_with("size=")) {
+                force_options(&mut m, &[tmp_size.as_str()]);
+            }
+            out.push(m);
+            continue;
+        }
+        return Err(PolicyError::spec(
+            format!("mounts[{i}]"),
+            format!(
+                "{} mount of `{source}` at {dest} is not allowed in a Furnace partition (only the standard pseudo-filesystems, tmpfs and CRI's /etc/hosts, /etc/hostname, /etc/resolv.conf are)",
+                if is_bind(&m) { "bind" } else { m.typ().as_deref().unwrap_or("untyped") }
+            ),
+            "remove the mount (ctr --mount, a pod volume); apps keep state through the facilities relay",
+        ));
+    }
+
+    let mut tmp_opts = vec!["nosuid", "nodev", "mode=1777", tmp_size.as_str()];
+    if !config.tmp_exec {
+        tmp_opts.insert(2, "noexec");
+    }
+    out.push(mount("/tmp", "tmpfs", "tmpfs", &tmp_opts));
+
+    if sockets.vmi.is_some() || sockets.fac.is_some() {
+        out.push(mount(
+            SOCKET_DIR,
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "noexec", "mode=755", "size=64k"],
+        ));
+        for (path, dest) in [(&sockets.vmi, VMI_SOCKET), (&sockets.fac, FAC_SOCKET)] {
+            if let Some(p) = path {
+                let mut m = mount(dest, "bind", "", &["bind", "nosuid", "nodev", "noexec"]);
+                m.set_source(Some(p.clone()));
+                out.push(m);
+            }
+        }
+    }
+    spec.set_mounts(Some(out));
+    Ok(())
+}
