@@ -157,7 +157,11 @@ fn accept_loop(
         }
         match stream {
             Ok(stream) => on_connection(stream),
-            Err(e) => tracing::warn!(error = %e, "accept failed"),
+            Err(e) => {
+                // Out of descriptors, say: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }
