@@ -4,8 +4,10 @@
 
 use furnace_api::{Module, Process, Symbol};
 use furnace_tests::*;
+use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::PhysicalMemory;
 use serde_json::json;
+use std::path::Path;
 use std::sync::OnceLock;
 
 fn guest() -> &'static TestGuest {
@@ -19,22 +21,19 @@ fn live_ps_equals_the_guests_own_ps() {
     guest().assert_ps_matches(|_| furnace_json(&["vmi", "ps", "--guest-dir", dir, "--json"]));
 }
 
-#[test]
-fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
+/// Saves the paused guest's memory with `save(qemu, file)` and reads the
+/// process list from that file.
+fn assert_snapshot_ps_matches(name: &str, save: impl Fn(&QemuGuest, &Path) -> anyhow::Result<()>) {
     let tmp = tempfile::tempdir().unwrap();
-    let raw = tmp.path().join("guest.raw");
+    let file = tmp.path().join(name);
     let profile = guest().dir.join("profile.json");
     guest().assert_ps_matches(|qemu| {
-        let size = qemu.physical_size();
-        qemu.qmp_execute(
-            "pmemsave",
-            Some(json!({"val": 0, "size": size, "filename": raw})),
-        )?;
+        save(qemu, &file)?;
         furnace_json(&[
             "vmi",
             "ps",
             "--snapshot",
-            raw.to_str().unwrap(),
+            file.to_str().unwrap(),
             "--profile",
             profile.to_str().unwrap(),
             "--json",
@@ -43,25 +42,20 @@ fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
 }
 
 #[test]
+fn pmemsave_raw_dump_ps_equals_the_guests_own_ps() {
+    assert_snapshot_ps_matches("guest.raw", |qemu, file| {
+        let arguments = json!({"val": 0, "size": qemu.physical_size(), "filename": file});
+        qemu.qmp_execute("pmemsave", Some(arguments))?;
+        Ok(())
+    });
+}
+
+#[test]
 fn dump_guest_memory_elf_ps_equals_the_guests_own_ps() {
-    let tmp = tempfile::tempdir().unwrap();
-    let elf = tmp.path().join("guest.elf");
-    let profile = guest().dir.join("profile.json");
-    guest().assert_ps_matches(|qemu| {
-        let protocol = format!("file:{}", elf.display());
-        qemu.qmp_execute(
-            "dump-guest-memory",
-            Some(json!({"paging": false, "protocol": protocol})),
-        )?;
-        furnace_json(&[
-            "vmi",
-            "ps",
-            "--snapshot",
-            elf.to_str().unwrap(),
-            "--profile",
-            profile.to_str().unwrap(),
-            "--json",
-        ])
+    assert_snapshot_ps_matches("guest.elf", |qemu, file| {
+        let arguments = json!({"paging": false, "protocol": format!("file:{}", file.display())});
+        qemu.qmp_execute("dump-guest-memory", Some(arguments))?;
+        Ok(())
     });
 }
 
