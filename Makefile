@@ -5,7 +5,7 @@ CARGO      ?= cargo
 BIN_DIR    := $(CURDIR)/target/release
 FURNACE    := $(BIN_DIR)/furnace
 
-.PHONY: demo test deps build kernel bench lint fmt clean
+.PHONY: demo test deps build kernel bench install lint fmt clean
 
 demo: build kernel
 	bash scripts/demo.sh
@@ -26,6 +26,12 @@ kernel: build
 
 bench: build kernel
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
+
+# Puts the binaries on PATH (PREFIX=/usr/local by default).
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(DESTDIR)$(PREFIX)/bin/
 
 lint:
 	$(CARGO) fmt --all -- --check
