@@ -1,0 +1,313 @@
+//! Roles, namespaces, mounts and what the spec may not bring in.
+
+use super::*;
+
+#[test]
+fn an_app_needs_a_guest_but_a_cri_sandbox_does_not() {
+    let e = harden(
+        Spec::default(),
+        &ann(&[]),
+        &ProviderConfig::default(),
+        &app_sockets(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(GUEST), "{e}");
+
+    let mut pod_ns = oci_spec::runtime::LinuxNamespace::default();
+    pod_ns.set_typ(LinuxNamespaceType::Network);
+    pod_ns.set_path(Some("/var/run/netns/cni-1234".into()));
+    let mut spec = Spec::default();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_namespaces(Some(vec![pod_ns.clone()]));
+    let h = harden(
+        spec,
+        &ann(&[(CRI_CONTAINER_TYPE, "sandbox")]),
+        &ProviderConfig::default(),
+        &SocketMounts::default(),
+    )
+    .unwrap();
+    assert_eq!(h.role, Role::Sandbox);
+    assert_eq!(h.request.guest, None);
+    assert_eq!(h.host_uid, None);
+    let linux = h.spec.linux().as_ref().unwrap();
+    let ns = linux.namespaces().as_ref().unwrap();
+    assert!(ns.contains(&pod_ns), "the pod's network namespace is kept");
+    assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+    assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+    // Still locked down otherwise.
+    assert_eq!(h.spec.root().as_ref().unwrap().readonly(), Some(true));
+    assert_eq!(
+        h.spec.process().as_ref().unwrap().no_new_privileges(),
+        Some(true)
+    );
+    assert!(linux.seccomp().is_some());
+    assert!(find(&h.spec, VMI_SOCKET).is_empty());
+    // And a sandbox may not be handed a socket.
+    let e = harden(
+        Spec::default(),
+        &ann(&[(CRI_CONTAINER_TYPE, "sandbox")]),
+        &ProviderConfig::default(),
+        &app_sockets(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("vmi"), "{e}");
+}
+
+#[test]
+fn an_app_ignores_pod_namespaces() {
+    let mut n = oci_spec::runtime::LinuxNamespace::default();
+    n.set_typ(LinuxNamespaceType::Network);
+    n.set_path(Some("/proc/1/ns/net".into()));
+    let mut spec = Spec::default();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_namespaces(Some(vec![n]));
+    let h = app(spec, &[]).unwrap();
+    let ns = h
+        .spec
+        .linux()
+        .as_ref()
+        .unwrap()
+        .namespaces()
+        .clone()
+        .unwrap();
+    let net: Vec<_> = ns
+        .iter()
+        .filter(|n| n.typ() == LinuxNamespaceType::Network)
+        .collect();
+    assert_eq!(net.len(), 1);
+    assert_eq!(
+        net[0].path(),
+        &None,
+        "the host's network namespace must not be joined"
+    );
+}
+
+#[test]
+fn fac_keeps_its_network_and_gets_no_vmi_socket() {
+    let mut n = oci_spec::runtime::LinuxNamespace::default();
+    n.set_typ(LinuxNamespaceType::Network);
+    n.set_path(Some("/var/run/netns/fac".into()));
+    let mut spec = Spec::default();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_namespaces(Some(vec![n.clone()]));
+    let sockets = SocketMounts {
+        vmi: None,
+        fac: Some("/run/furnace/fac/app1.sock".into()),
+    };
+    let h = harden_as(
+        Role::Fac,
+        spec,
+        &ann(&[]),
+        &ProviderConfig::default(),
+        &sockets,
+    )
+    .unwrap();
+    let linux = h.spec.linux().as_ref().unwrap();
+    assert!(linux.namespaces().as_ref().unwrap().contains(&n));
+    assert_eq!(find(&h.spec, FAC_SOCKET).len(), 1);
+    let socket_families = linux
+        .seccomp()
+        .as_ref()
+        .unwrap()
+        .syscalls()
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|r| r.names().contains(&"socket".to_string()))
+        .count();
+    assert_eq!(socket_families, 4);
+    let e = harden_as(
+        Role::Fac,
+        Spec::default(),
+        &ann(&[]),
+        &ProviderConfig::default(),
+        &app_sockets(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("vmi"), "{e}");
+}
+
+#[test]
+fn host_bind_mounts_are_refused_and_cri_files_made_read_only() {
+    let mut spec = Spec::default();
+    spec.mounts_mut()
+        .as_mut()
+        .unwrap()
+        .push(bind("/data", "/var/lib/secret"));
+    let e = app(spec, &[]).unwrap_err().to_string();
+    assert!(
+        e.contains("/var/lib/secret") && e.contains("/data") && e.contains("mounts["),
+        "{e}"
+    );
+
+    let mut spec = Spec::default();
+    let m = spec.mounts_mut().as_mut().unwrap();
+    m.push(bind(
+        "/etc/resolv.conf",
+        "/var/lib/containerd/sandboxes/x/resolv.conf",
+    ));
+    m.push(bind(
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "/var/lib/kubelet/pods/x/token",
+    ));
+    m.push(bind(
+        "/dev/termination-log",
+        "/var/lib/kubelet/pods/x/termination",
+    ));
+    m.push(bind("/dev/shm", "/run/containerd/sandboxes/x/shm"));
+    let h = app(spec, &[]).unwrap();
+    let resolv = find(&h.spec, "/etc/resolv.conf");
+    assert_eq!(resolv.len(), 1);
+    let o = opts(resolv[0]);
+    assert!(
+        o.contains(&"ro".to_string()) && !o.contains(&"rw".to_string()),
+        "{o:?}"
+    );
+    assert!(find(&h.spec, "/var/run/secrets/kubernetes.io/serviceaccount").is_empty());
+    assert!(find(&h.spec, "/dev/termination-log").is_empty());
+    let shm = find(&h.spec, "/dev/shm");
+    assert_eq!(shm.len(), 1);
+    assert_eq!(
+        shm[0].typ().as_deref(),
+        Some("tmpfs"),
+        "the pod's shm is not shared"
+    );
+    assert_eq!(
+        h.notes
+            .iter()
+            .filter(|n| n.contains("dropped the mount"))
+            .count(),
+        2
+    );
+
+    let mut spec = Spec::default();
+    spec.mounts_mut().as_mut().unwrap().push(bind(
+        "/run/furnace/admin.sock",
+        "/run/furnace/guests/g1/admin.sock",
+    ));
+    let e = app(spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("Furnace manages"), "{e}");
+
+    let mut spec = Spec::default();
+    let mut nfs = bind("/mnt", "server:/export");
+    nfs.set_typ(Some("nfs".into()));
+    nfs.set_options(None);
+    spec.mounts_mut().as_mut().unwrap().push(nfs);
+    let e = app(spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("nfs mount"), "{e}");
+}
+
+#[test]
+fn sockets_must_come_from_the_socket_root() {
+    for bad in [
+        "/tmp/x.sock",
+        "run/furnace/x.sock",
+        "/run/furnace/../../etc/shadow",
+    ] {
+        let s = SocketMounts {
+            vmi: Some(bad.into()),
+            fac: None,
+        };
+        let e = harden(
+            Spec::default(),
+            &ann(&[(GUEST, "g1")]),
+            &ProviderConfig::default(),
+            &s,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("socket_root"), "{bad}: {e}");
+    }
+    let e = harden(
+        Spec::default(),
+        &ann(&[(GUEST, "g1")]),
+        &ProviderConfig::default(),
+        &SocketMounts::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("vmi") && e.contains("sidecar"), "{e}");
+}
+
+#[test]
+fn hooks_sysctls_and_caps_from_the_spec_are_stripped() {
+    let mut spec = Spec::default();
+    spec.set_hooks(Some(
+        serde_json::from_value(serde_json::json!({"prestart": [{"path": "/bin/evil"}]})).unwrap(),
+    ));
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_sysctl(Some(ann(&[("kernel.shm_rmid_forced", "1")])));
+    let h = app(spec, &[]).unwrap();
+    assert!(h.spec.hooks().is_none());
+    assert!(h.notes.iter().any(|n| n.contains("hooks")));
+    assert!(h.notes.iter().any(|n| n.contains("sysctl")));
+    // Spec::default() carries CAP_KILL etc.; they are gone.
+    let caps = h
+        .spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .capabilities()
+        .clone()
+        .unwrap();
+    assert!(caps.bounding().as_ref().unwrap().is_empty());
+}
+
+#[test]
+fn users_outside_the_mapped_range_are_refused() {
+    let mut spec = Spec::default();
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .user_mut()
+        .set_uid(70_000);
+    let e = app(spec, &[]).unwrap_err().to_string();
+    assert!(e.contains("process.user.uid"), "{e}");
+    let mut spec = Spec::default();
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .user_mut()
+        .set_uid(1000);
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .user_mut()
+        .set_gid(1000);
+    let h = app(spec, &[]).unwrap();
+    assert_eq!((h.host_uid, h.host_gid), (Some(101_000), Some(101_000)));
+}
+
+#[test]
+fn kill_mode_and_tmp_exec_follow_the_config() {
+    let config = ProviderConfig::from_toml(
+        "tmp_exec = true\ntmp_size = \"4Mi\"\n[seccomp]\nmode = \"kill\"\n",
+    )
+    .unwrap();
+    let h = harden(
+        Spec::default(),
+        &ann(&[(GUEST, "g1")]),
+        &config,
+        &app_sockets(),
+    )
+    .unwrap();
+    let linux = h.spec.linux().as_ref().unwrap();
+    assert_eq!(
+        linux.seccomp().as_ref().unwrap().default_action(),
+        LinuxSeccompAction::ScmpActKillProcess
+    );
+    let o = opts(find(&h.spec, "/tmp")[0]);
+    assert!(!o.contains(&"noexec".to_string()), "{o:?}");
+    assert!(o.contains(&"size=4194304".to_string()), "{o:?}");
+}
