@@ -27,6 +27,27 @@ pub const DEFAULT_SOCKET: &str = "/run/furnace/vmi.sock";
 /// How long a call may take before the client gives up on the sidecar.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client polls for a reply before it sleeps in `read`. Most
+/// replies come back within this window; polling saves the cross-CPU wake-up
+/// a blocking read costs (about 4 µs each way on this project's test hosts).
+const REPLY_SPIN: Duration = Duration::from_micros(30);
+
+/// Polls, bounded by [`REPLY_SPIN`], until the reply's first byte is readable.
+fn wait_for_reply(stream: &UnixStream) {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + REPLY_SPIN;
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    while std::time::Instant::now() < deadline {
+        match recv(stream.as_raw_fd(), &mut byte, flags) {
+            Err(nix::errno::Errno::EAGAIN) => std::hint::spin_loop(),
+            // Data, end of stream or an error: the blocking read reports it.
+            _ => return,
+        }
+    }
+}
+
 fn undecodable(method: &str, e: prost::DecodeError) -> ApiError {
     ApiError::new(
         ErrorCode::Internal,
@@ -82,6 +103,7 @@ impl Connection {
             &request.encode_to_vec(),
         )
         .map_err(|e| unavailable("sending to the sidecar", e))?;
+        wait_for_reply(&self.stream);
         let header = wire::read_header(&mut self.stream)
             .map_err(|e| unavailable("reading the sidecar's reply", e))?
             .ok_or_else(|| {

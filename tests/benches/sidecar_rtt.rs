@@ -27,17 +27,17 @@ mod common;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{clock_overhead_ns, cpu_model, measure, median_round, percentile, Stats, XorShift};
-use furnace_api::v1::{self, call::Op, Permission};
-use furnace_api::{Admin, Batch, CallRef, Vmi};
-use furnace_tests::TestGuest;
+use furnace_api::v1::{self, Permission};
+use furnace_api::Vmi;
+use furnace_tests::walks::{walk_batched, walk_per_call, PidNames};
+use furnace_tests::{TestGuest, TestSidecar};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::Driver;
 use furnace_vmi::linux::LinuxKernel;
 use furnace_vmi::profile::Profile;
 use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SEED: u64 = 0x5eed_f0e5_ca5e_0002;
@@ -53,78 +53,9 @@ const ROUNDS: usize = 3;
 const WALKS: usize = 200;
 /// Tasks per linked batch (3 calls each).
 const BATCH_TASKS: usize = 64;
-const TASK_COMM_LEN: u64 = 16;
-const MAX_TASKS: usize = 1 << 16;
-const SIDECAR_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The targets.
 const TARGET_P50_8B_US: f64 = 20.0;
 const TARGET_BULK_MBS: f64 = 1000.0;
-
-/// The sidecar process; stopped on drop, so a panic or an early `?` does
-/// not leave it behind.
-struct SidecarProcess {
-    child: Child,
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        eprintln!("the sidecar ignored SIGTERM for 3 s; killing it");
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `furnace-vmi-sidecar` on the guest and waits, bounded, until its
-/// admin socket answers `Health`.
-fn start_sidecar(name: &str, dir: &Path) -> Result<(SidecarProcess, Admin)> {
-    let bin = furnace_tests::bin_dir().join("furnace-vmi-sidecar");
-    ensure!(
-        bin.is_file(),
-        "{} is missing; run `cargo build --release --workspace --all-targets` first",
-        bin.display()
-    );
-    let child = Command::new(&bin)
-        .arg("--guest")
-        .arg(name)
-        .arg("--guest-dir")
-        .arg(dir)
-        .env("FURNACE_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut sidecar = SidecarProcess { child };
-    let admin_sock = Path::new(furnace_tests::GUEST_ROOT)
-        .join(name)
-        .join("admin.sock");
-    let deadline = Instant::now() + SIDECAR_START_TIMEOUT;
-    loop {
-        if let Some(status) = sidecar.child.try_wait()? {
-            bail!("the sidecar exited before serving: {status}");
-        }
-        if let Ok(admin) = Admin::connect(&admin_sock) {
-            if admin.health().is_ok() {
-                return Ok((sidecar, admin));
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} did not answer Health within {SIDECAR_START_TIMEOUT:?}",
-            admin_sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Pauses the guest through this process's own QMP connection and resumes
 /// it on drop.
@@ -174,117 +105,6 @@ fn addresses(
             unreachable!("i < total")
         })
         .collect()
-}
-
-type PidNames = Vec<(u32, String)>;
-
-/// Offsets a client walk needs, resolved through the socket.
-struct TaskLayout {
-    head: u64,
-    tasks: u64,
-    tgid: u64,
-    comm: u64,
-    next: u64,
-}
-
-const MEMBERS: [(&str, &str); 4] = [
-    ("task_struct", "tasks"),
-    ("task_struct", "tgid"),
-    ("task_struct", "comm"),
-    ("list_head", "next"),
-];
-
-/// (a) The task list one SDK call at a time: a symbol, four member offsets,
-/// then a next pointer, a tgid and a comm per task.
-fn walk_per_call(vmi: &Vmi) -> Result<PidNames> {
-    let init_task = vmi.symbol_address("init_task")?;
-    let [tasks, tgid, comm, next] = MEMBERS.map(|(s, m)| vmi.member_offset(s, m));
-    let (tasks, tgid, comm, next) = (tasks?, tgid?, comm?, next?);
-    let head = init_task + tasks;
-    let mut out = Vec::new();
-    let mut node = vmi.read_u64(0, head + next)?;
-    while node != head {
-        ensure!(out.len() < MAX_TASKS, "the task list does not end");
-        let task = node - tasks;
-        out.push((
-            vmi.read_u32(0, task + tgid)?,
-            vmi.read_string(0, task + comm, TASK_COMM_LEN)?,
-        ));
-        node = vmi.read_u64(0, node + next)?;
-    }
-    Ok(out)
-}
-
-/// The symbol and the member offsets in one (unlinked) batch.
-fn task_layout(vmi: &Vmi) -> Result<TaskLayout> {
-    let mut b = Batch::new();
-    let symbol = b.symbol_address("init_task");
-    let members = MEMBERS.map(|(structure, member)| {
-        b.push(Op::MemberOffset(v1::MemberOffsetRequest {
-            structure: structure.into(),
-            member: member.into(),
-        }))
-    });
-    let r = vmi.batch(&b)?;
-    if let Some(e) = r.error {
-        bail!("layout batch failed: {e}");
-    }
-    let int = |c: CallRef| r.integer(c).context("an integer result");
-    let [tasks, tgid, comm, next] = members.map(int);
-    let (tasks, tgid, comm, next) = (tasks?, tgid?, comm?, next?);
-    Ok(TaskLayout {
-        head: int(symbol)? + tasks,
-        tasks,
-        tgid,
-        comm,
-        next,
-    })
-}
-
-/// (b) The task list as linked batches of `per_batch` tasks: each next
-/// pointer is read at `next` + the previous one, each tgid and comm at
-/// (offset - tasks offset) + its node. The client stops at the head; calls
-/// a batch runs past it read init_task and the list's start again, harmlessly.
-fn walk_batched(vmi: &Vmi, per_batch: usize) -> Result<PidNames> {
-    let l = task_layout(vmi)?;
-    let mut out = Vec::new();
-    let mut start = l.head;
-    loop {
-        let mut b = Batch::new();
-        let mut calls = Vec::with_capacity(per_batch);
-        let mut prev: Option<CallRef> = None;
-        for _ in 0..per_batch {
-            let node = match prev {
-                None => b.read_integer(0, start + l.next, 8),
-                Some(p) => {
-                    let c = b.read_integer(0, l.next, 8);
-                    b.add_address(c, p)
-                }
-            };
-            let tgid = b.read_integer(0, l.tgid.wrapping_sub(l.tasks), 4);
-            b.add_address(tgid, node);
-            let comm = b.read_string(0, l.comm.wrapping_sub(l.tasks), TASK_COMM_LEN);
-            b.add_address(comm, node);
-            calls.push((node, tgid, comm));
-            prev = Some(node);
-        }
-        let r = vmi.batch(&b)?;
-        if let Some(e) = r.error {
-            bail!("task batch failed: {e}");
-        }
-        for &(node, tgid, comm) in &calls {
-            let node = r.integer(node).context("a next pointer")?;
-            if node == l.head {
-                return Ok(out);
-            }
-            ensure!(out.len() < MAX_TASKS, "the task list does not end");
-            out.push((
-                r.integer(tgid).context("a tgid")? as u32,
-                r.text(comm).context("a comm")?.to_owned(),
-            ));
-            start = node;
-        }
-    }
 }
 
 fn walk_listprocesses(vmi: &Vmi) -> Result<PidNames> {
@@ -364,32 +184,15 @@ fn pass(ok: bool) -> &'static str {
 
 fn main() -> Result<()> {
     let total = Instant::now();
-    // Keeps a guest we booted alive until main returns; the fixture's atexit hook stops it.
-    let (_booted, name, dir): (Option<TestGuest>, String, PathBuf) =
-        match std::env::var_os("FURNACE_BENCH_GUEST_DIR") {
-            Some(dir) => {
-                let dir = PathBuf::from(dir);
-                let name = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .context("the guest directory is named after the guest")?
-                    .to_owned();
-                (None, name, dir)
-            }
-            None => {
-                eprintln!(
-                    "booting a test guest (set FURNACE_BENCH_GUEST_DIR to use a running one)..."
-                );
-                let guest = TestGuest::start("rtt", &[])?;
-                let (name, dir) = (guest.name.clone(), guest.dir.clone());
-                (Some(guest), name, dir)
-            }
-        };
+    // The fixture's atexit hooks stop a guest and sidecar we started.
+    let guest = TestGuest::for_bench("rtt")?;
+    let dir = guest.dir.clone();
     let t_boot = total.elapsed();
 
     // --- The sidecar, an app, and the SDK on the app's socket.
     let t = Instant::now();
-    let (_sidecar, admin) = start_sidecar(&name, &dir)?;
+    let sidecar = TestSidecar::start(&guest, &[])?;
+    let admin = sidecar.admin();
     let t_sidecar = t.elapsed();
     let registered = admin.register(&v1::RegisterRequest {
         app_id: "bench-rtt".into(),

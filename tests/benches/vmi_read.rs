@@ -35,7 +35,6 @@ use furnace_vmi::linux::LinuxKernel;
 use furnace_vmi::profile::Profile;
 use serde_json::Value;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Instant;
 
 const SEED: u64 = 0x5eed_f0e5_ca5e_0001;
@@ -61,19 +60,9 @@ fn xp_u64(qmp: &mut QmpClient, physical: u64) -> Result<u64> {
 
 fn main() -> Result<()> {
     let total = Instant::now();
-    // Keeps a guest we booted alive until main returns; the fixture's atexit hook stops it.
-    let (_booted, dir): (Option<TestGuest>, PathBuf) =
-        match std::env::var_os("FURNACE_BENCH_GUEST_DIR") {
-            Some(dir) => (None, PathBuf::from(dir)),
-            None => {
-                eprintln!(
-                    "booting a test guest (set FURNACE_BENCH_GUEST_DIR to use a running one)..."
-                );
-                let guest = TestGuest::start("bench", &[])?;
-                let dir = guest.dir.clone();
-                (Some(guest), dir)
-            }
-        };
+    // The fixture's atexit hook stops a guest we booted.
+    let guest = TestGuest::for_bench("bench")?;
+    let dir = guest.dir.clone();
     let record: Value = std::fs::read(dir.join("guest.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

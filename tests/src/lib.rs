@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod walks;
+
 pub const GUEST_ROOT: &str = "/run/furnace/guests";
 pub const GROUND_TRUTH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -115,6 +117,26 @@ impl TestGuest {
             dir.is_dir(),
             "guest up printed {dir:?}, which is not a directory"
         );
+        Ok(TestGuest {
+            name,
+            dir,
+            pausing: Mutex::new(()),
+        })
+    }
+
+    /// The guest a benchmark measures: the running one named by
+    /// `FURNACE_BENCH_GUEST_DIR`, or a fresh boot labelled `label`.
+    pub fn for_bench(label: &str) -> Result<TestGuest> {
+        let Some(dir) = std::env::var_os("FURNACE_BENCH_GUEST_DIR") else {
+            eprintln!("booting a test guest (set FURNACE_BENCH_GUEST_DIR to use a running one)...");
+            return TestGuest::start(label, &[]);
+        };
+        let dir = PathBuf::from(dir);
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the guest directory is named after the guest")?
+            .to_owned();
         Ok(TestGuest {
             name,
             dir,

@@ -3,7 +3,7 @@
 //! per-app permissions and sockets, pause leases, and bad input — each bad
 //! input while a second client is being served.
 
-use furnace_api::v1::{LinkOp, LinkTarget, Permission};
+use furnace_api::v1::Permission;
 use furnace_api::{Batch, ErrorCode, Process, Vmi};
 use furnace_tests::*;
 use furnace_vmi::driver::qmp::QmpClient;
@@ -61,64 +61,6 @@ fn rust_and_python_clients_see_the_guests_own_ps() {
     });
 }
 
-/// Walks the task list the way an app would, per call or as one linked batch.
-fn walk(vmi: &Vmi, linked: bool) -> BTreeSet<(u32, String)> {
-    let head = vmi.symbol_address("init_task").unwrap()
-        + vmi.member_offset("task_struct", "tasks").unwrap();
-    let tasks = vmi.member_offset("task_struct", "tasks").unwrap();
-    let tgid = vmi
-        .member_offset("task_struct", "tgid")
-        .unwrap()
-        .wrapping_sub(tasks);
-    let comm = vmi
-        .member_offset("task_struct", "comm")
-        .unwrap()
-        .wrapping_sub(tasks);
-    let mut seen = BTreeSet::new();
-    if !linked {
-        let mut node = vmi.read_u64(0, head).unwrap();
-        while node != head {
-            let pid = vmi.read_u32(0, node.wrapping_add(tgid)).unwrap();
-            let name = vmi.read_string(0, node.wrapping_add(comm), 16).unwrap();
-            seen.insert((pid, name));
-            node = vmi.read_u64(0, node).unwrap();
-        }
-        return seen;
-    }
-    // One message: each task's next pointer is read at the previous one, and its
-    // tgid and comm at offsets from it. The batch is longer than the list; the
-    // walk stops where the list returns to its head.
-    let mut batch = Batch::new();
-    let mut next = batch.read_integer(0, head, 8);
-    let mut entries = Vec::new();
-    for _ in 0..256 {
-        let pid = batch.read_integer(0, tgid, 4);
-        batch.add_address(pid, next);
-        let name = batch.read_string(0, comm, 16);
-        batch.add_address(name, next);
-        entries.push((next, pid, name));
-        let following = batch.read_integer(0, 0, 8);
-        next = batch.link(following, next, LinkTarget::Address, LinkOp::Add);
-    }
-    let results = vmi.batch(&batch).unwrap();
-    for (node, pid, name) in entries {
-        let Some(node) = results.integer(node) else {
-            break;
-        };
-        if node == head {
-            return seen;
-        }
-        seen.insert((
-            results.integer(pid).unwrap() as u32,
-            results.text(name).unwrap().to_owned(),
-        ));
-    }
-    panic!(
-        "the task list is longer than the batch, or the batch stopped early: {:?}",
-        results.error
-    );
-}
-
 #[test]
 fn a_linked_batch_walk_equals_the_per_call_walk() {
     let f = fixture();
@@ -126,7 +68,11 @@ fn a_linked_batch_walk_equals_the_per_call_walk() {
     let qemu = furnace_vmi::driver::qemu::QemuGuest::attach(&f.guest.dir).unwrap();
     use furnace_vmi::driver::VmControl;
     qemu.pause().unwrap();
-    let (per_call, linked) = (walk(&vmi, false), walk(&vmi, true));
+    let as_set =
+        |walk: anyhow::Result<walks::PidNames>| walk.unwrap().into_iter().collect::<BTreeSet<_>>();
+    let per_call = as_set(walks::walk_per_call(&vmi));
+    // Batches shorter than the list, so the walk continues from one batch to the next.
+    let linked = as_set(walks::walk_batched(&vmi, 16));
     let listed: BTreeSet<_> = vmi
         .processes()
         .unwrap()
