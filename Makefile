@@ -31,7 +31,7 @@ bench: build kernel
 PREFIX ?= /usr/local
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(BIN_DIR)/containerd-shim-furnace-v1 $(DESTDIR)$(PREFIX)/bin/
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -11,6 +11,11 @@ packages=(
     binutils          # readelf/objcopy, ground truth for the banner bytes
     python3-protobuf  # the Python SDK (for /usr/bin/python3)
     ca-certificates
+    containerd        # the real containerd the shim is tested under (1.6 on bookworm)
+    runc              # the peer the shim is benchmarked against
+    buildah           # builds our Dockerfiles without a Docker engine
+    libseccomp-dev    # libcontainer's seccomp support (links libseccomp)
+    pkg-config
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -5,13 +5,14 @@
 //! - [`config`]: the provider config (`/etc/furnace/furnace.toml`);
 //! - [`annotations`]: the `furnace.dev/*` contract and the role;
 //! - [`policy`]: the hardening steps, one function each;
-//! - [`seccomp`]: the per-role syscall allowlists (data in `runtime/seccomp/`).
-//!
-//! The launcher (libcontainer in a single-threaded helper) is not here yet.
+//! - [`seccomp`]: the per-role syscall allowlists (data in `runtime/seccomp/`);
+//! - [`launcher`]: running a hardened bundle with libcontainer, from a
+//!   single-threaded helper process.
 
 pub mod annotations;
 pub mod config;
 pub mod error;
+pub mod launcher;
 pub mod policy;
 pub mod seccomp;
 pub mod units;

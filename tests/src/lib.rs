@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod containerd;
+pub mod stack;
 pub mod walks;
 
 pub const GUEST_ROOT: &str = "/run/furnace/guests";

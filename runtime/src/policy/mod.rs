@@ -317,6 +317,21 @@ pub fn resources(spec: &mut Spec, limits: &Limits, notes: &mut Vec<String>) -> L
     }
 }
 
+/// The resources of an `Update`, held to `ceiling` (the limits in force
+/// since create): the same rules as [`resources`], so an update can tighten
+/// a partition but never loosen it.
+pub fn tighten_resources(requested: LinuxResources, ceiling: &Limits) -> LinuxResources {
+    let mut linux = oci_spec::runtime::Linux::default();
+    linux.set_resources(Some(requested));
+    let mut spec = Spec::default();
+    spec.set_linux(Some(linux));
+    resources(&mut spec, ceiling, &mut Vec::new());
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default()
+}
+
 // ---------------------------------------------------------------- paths, misc
 
 /// Masked and read-only paths: runc's defaults plus whatever the spec
@@ -353,7 +368,8 @@ pub fn strip_host_reach(spec: &mut Spec, notes: &mut Vec<String>) {
     linux.set_sysctl(None);
     linux.set_personality(None);
     linux.set_time_offsets(None);
-    linux.set_rootfs_propagation(Some("rprivate".into()));
+    // libcontainer applies it recursively (MS_REC) and rejects "rprivate".
+    linux.set_rootfs_propagation(Some("private".into()));
 }
 
 /// The seccomp allowlist for `role`, in the provider's mode.

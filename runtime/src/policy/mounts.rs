@@ -87,7 +87,7 @@ fn check_socket(
 /// The mount table of a partition:
 /// - the standard pseudo-filesystems, rebuilt from scratch: `/proc`,
 ///   `/dev`, `/dev/pts`, a private `/dev/shm`, `/dev/mqueue`, `/sys`
-///   (read-only), and `/sys/fs/cgroup` read-only if the spec had it;
+///   (read-only), and `/sys/fs/cgroup` (read-only);
 /// - CRI's `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, read-only;
 /// - other tmpfs mounts, with nosuid,nodev and a size;
 /// - a tmpfs `/tmp`;
@@ -179,17 +179,18 @@ pub fn mounts(
             &["nosuid", "noexec", "nodev", "ro"],
         ),
     ];
-    if let Some(mut cg) = had_cgroup {
-        if is_bind(&cg) {
-            return Err(PolicyError::spec(
-                "mounts[/sys/fs/cgroup]",
-                "is a bind mount of the host's cgroup tree",
-                "use a cgroup mount (type cgroup or cgroup2), as containerd does by default",
-            ));
-        }
-        force_options(&mut cg, &["nosuid", "noexec", "nodev", "ro"]);
-        out.push(cg);
+    // Always there, so an app can read its own limits back (inside its
+    // cgroup namespace it sees only its own cgroup).
+    let mut cg = had_cgroup.unwrap_or_else(|| mount("/sys/fs/cgroup", "cgroup", "cgroup", &[]));
+    if is_bind(&cg) {
+        return Err(PolicyError::spec(
+            "mounts[/sys/fs/cgroup]",
+            "is a bind mount of the host's cgroup tree",
+            "use a cgroup mount (type cgroup or cgroup2), as containerd does by default",
+        ));
     }
+    force_options(&mut cg, &["nosuid", "noexec", "nodev", "ro"]);
+    out.push(cg);
     let ours: &[&str] = &[
         "/proc",
         "/dev",

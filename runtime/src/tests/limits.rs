@@ -1,6 +1,8 @@
 //! Limits and permissions: tightened by annotations, never loosened.
 
 use super::*;
+use crate::units::ByteSize;
+use oci_spec::runtime::LinuxResources;
 
 #[test]
 fn annotations_tighten_the_limits() {
@@ -70,4 +72,32 @@ fn permissions_beyond_the_caps_fail_naming_the_annotation() {
     assert!(e.contains(PERMISSIONS) && e.contains("write"), "{e}");
     let h = app(Spec::default(), &[(PERMISSIONS, "read,pause,events")]).unwrap();
     assert_eq!(h.request.permissions.len(), 3);
+}
+
+#[test]
+fn updates_tighten_but_never_loosen() {
+    let ceiling = Limits {
+        cpu: 1.0,
+        memory: ByteSize::mib(128),
+        pids: 20,
+    };
+    let loosen: LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": {"limit": 1_i64 << 40},
+        "cpu": {"quota": 400_000, "period": 100_000},
+        "pids": {"limit": 4096}
+    }))
+    .unwrap();
+    let r = crate::policy::tighten_resources(loosen, &ceiling);
+    assert_eq!(r.memory().unwrap().limit(), Some(128 << 20));
+    assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(100_000));
+    assert_eq!(r.pids().unwrap().limit(), 20);
+
+    let tighten: LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": {"limit": 64_i64 << 20},
+        "pids": {"limit": 10}
+    }))
+    .unwrap();
+    let r = crate::policy::tighten_resources(tighten, &ceiling);
+    assert_eq!(r.memory().unwrap().limit(), Some(64 << 20));
+    assert_eq!(r.pids().unwrap().limit(), 10);
 }

@@ -53,8 +53,14 @@ impl Sidecar {
     ) -> io::Result<Arc<Self>> {
         let kernel = Arc::new(kernel);
         let control = Arc::new(apps::KernelControl(Arc::clone(&kernel)));
+        // Traverse-only for everyone: an app's runtime bind-mounts its socket
+        // from inside the app's user namespace, as the app's host uid, which
+        // must reach `apps/<id>.sock` by path. Nobody else can list the
+        // directories, and each socket, like the guest's RAM and driver
+        // sockets, keeps its own owner-only mode.
         std::fs::create_dir_all(dir.join("apps"))?;
-        std::fs::set_permissions(dir.join("apps"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        std::fs::set_permissions(dir.join("apps"), std::fs::Permissions::from_mode(0o711))?;
         Ok(Arc::new(Sidecar {
             guest: guest.to_owned(),
             kernel,

@@ -1,0 +1,394 @@
+//! One task: creating its partition from containerd's bundle, tracking its
+//! lifecycle, and removing every trace of it.
+
+use crate::record::TaskRecord;
+use crate::registration::{self, Registration};
+use crate::stdio::{self, StdinFeed};
+use furnace_runtime::launcher::cgroups::PartitionCgroups;
+use furnace_runtime::launcher::{self, Partition};
+use furnace_runtime::{harden, AppRequest, ProviderConfig, Role, SocketMounts};
+use oci_spec::runtime::Spec;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// libcontainer's state, one directory per containerd namespace.
+pub const STATE_ROOT: &str = "/run/furnace/runtime";
+/// Parent of every partition's cgroup: `/furnace/<namespace>/<id>`.
+pub const CGROUP_PARENT: &str = "/furnace";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    pub code: u32,
+    pub at: SystemTime,
+}
+
+/// What containerd asked for in `Create`.
+pub struct CreateParams<'a> {
+    pub namespace: &'a str,
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: Vec<RootfsMount>,
+    pub stdin: &'a str,
+    pub stdout: &'a str,
+    pub stderr: &'a str,
+    pub terminal: bool,
+    pub config: &'a ProviderConfig,
+}
+
+pub struct RootfsMount {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct Instance {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid: u32,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// The provider lets `exec` into this task.
+    pub allow_exec: bool,
+    pub record: TaskRecord,
+    partition: Partition,
+    cgroups: PartitionCgroups,
+    registration: Option<Registration>,
+    state: Mutex<(Status, Option<Exit>)>,
+    exited: Condvar,
+    stdin_feed: Mutex<Option<StdinFeed>>,
+    /// Held across `Start` and the exit event, so TaskStart always precedes TaskExit.
+    pub lifecycle: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Undoes a half-finished create, newest step first.
+#[derive(Default)]
+struct Undo {
+    record: TaskRecord,
+    registration: Option<Registration>,
+    armed: bool,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if self.armed {
+            for problem in teardown(&self.record, self.registration.as_ref()) {
+                log::warn!("cleaning up after a failed create: {problem}");
+            }
+        }
+    }
+}
+
+impl Instance {
+    pub fn create(p: CreateParams<'_>) -> Result<Instance, CreateError> {
+        if p.terminal {
+            return Err(CreateError::Invalid(
+                "a terminal (ctr -t, tty: true) is not available under io.furnace.v1: apps run without a tty; drop the flag".into(),
+            ));
+        }
+        let spec_path = p.bundle.join("config.json");
+        let spec = Spec::load(&spec_path)
+            .map_err(|e| CreateError::Invalid(format!("reading {}: {e}", spec_path.display())))?;
+        let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
+        let role = Role::from_annotations(&annotations);
+        let request = furnace_runtime::annotations::parse(&annotations, p.config, role)
+            .map_err(|e| CreateError::Invalid(e.to_string()))?;
+        let app_id = registration::app_id(p.namespace, p.id);
+        let vmi_socket = request
+            .guest
+            .as_deref()
+            .map(|g| registration::app_socket(&p.config.socket_root, g, &app_id));
+        let sockets = SocketMounts {
+            vmi: vmi_socket,
+            fac: None,
+        };
+        let mut hardened = harden(spec, &annotations, p.config, &sockets)
+            .map_err(|e| CreateError::Invalid(e.to_string()))?;
+        for note in &hardened.notes {
+            log::info!("{}: {note}", p.id);
+        }
+
+        let state_root = Path::new(STATE_ROOT).join(p.namespace);
+        let cgroups_path = Path::new(CGROUP_PARENT).join(p.namespace).join(p.id);
+        hardened
+            .spec
+            .linux_mut()
+            .get_or_insert_with(Default::default)
+            .set_cgroups_path(Some(cgroups_path.clone()));
+
+        let mut undo = Undo {
+            record: TaskRecord {
+                id: p.id.into(),
+                namespace: p.namespace.into(),
+                state_root: state_root.clone(),
+                cgroups_path: cgroups_path.clone(),
+                limits: Some(hardened.limits),
+                ..Default::default()
+            },
+            registration: None,
+            armed: true,
+        };
+
+        let registration = register(&request, role, &app_id, &hardened, p.config)?;
+        if let Some(r) = &registration {
+            undo.record.guest = Some(r.guest.clone());
+            undo.record.app_id = Some(r.app_id.clone());
+            undo.record.admin_socket = Some(r.admin_socket.clone());
+            undo.registration = Some(r.clone());
+        }
+
+        if let Some(gid) = hardened.host_gid {
+            open_bundle_to(p.bundle, gid)?;
+        }
+        let rootfs = p.bundle.join("rootfs");
+        if let Some(mounted) = mount_rootfs(&p.rootfs, &rootfs)? {
+            undo.record.mounted_rootfs = Some(mounted);
+        }
+        furnace_runtime::launcher::mountpoints::create(&rootfs, &hardened.spec)
+            .map_err(CreateError::Failed)?;
+        undo.record
+            .save(p.bundle)
+            .map_err(|e| CreateError::Failed(format!("writing the task record: {e}")))?;
+
+        hardened
+            .spec
+            .save(&spec_path)
+            .map_err(|e| CreateError::Failed(format!("writing the hardened spec: {e}")))?;
+        std::fs::create_dir_all(&state_root)
+            .map_err(|e| CreateError::Failed(format!("creating {}: {e}", state_root.display())))?;
+        let io = stdio::open(p.namespace, p.id, p.stdin, p.stdout, p.stderr)
+            .map_err(|e| CreateError::Invalid(e.to_string()))?;
+        let (partition, pid) = launcher::create(p.id, p.bundle, &state_root, io.container)
+            .map_err(|e| CreateError::Failed(e.to_string()))?;
+
+        undo.armed = false;
+        Ok(Instance {
+            id: p.id.into(),
+            bundle: p.bundle.into(),
+            pid,
+            stdin: p.stdin.into(),
+            stdout: p.stdout.into(),
+            stderr: p.stderr.into(),
+            allow_exec: p.config.allow_exec,
+            cgroups: PartitionCgroups::new(&cgroups_path, p.id),
+            record: std::mem::take(&mut undo.record),
+            partition,
+            registration,
+            state: Mutex::new((Status::Created, None)),
+            exited: Condvar::new(),
+            stdin_feed: Mutex::new(io.stdin),
+            lifecycle: Mutex::new(()),
+        })
+    }
+
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    pub fn cgroups(&self) -> &PartitionCgroups {
+        &self.cgroups
+    }
+
+    pub fn status(&self) -> (Status, Option<Exit>) {
+        *lock(&self.state)
+    }
+
+    pub fn set_status(&self, status: Status) {
+        let mut state = lock(&self.state);
+        if state.0 != Status::Stopped {
+            state.0 = status;
+        }
+    }
+
+    /// Records the init's exit; returns false if it was already recorded.
+    pub fn set_exited(&self, code: u32) -> bool {
+        let mut state = lock(&self.state);
+        if state.1.is_some() {
+            return false;
+        }
+        *state = (
+            Status::Stopped,
+            Some(Exit {
+                code,
+                at: SystemTime::now(),
+            }),
+        );
+        self.exited.notify_all();
+        self.close_stdin();
+        true
+    }
+
+    /// Blocks until the init has exited.
+    pub fn wait(&self) -> Exit {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(exit) = state.1 {
+                return exit;
+            }
+            state = self
+                .exited
+                .wait_timeout(state, Duration::from_secs(3600))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Waits at most `timeout` for the exit to be recorded.
+    pub fn wait_for(&self, timeout: Duration) -> Option<Exit> {
+        let state = lock(&self.state);
+        let (state, _) = self
+            .exited
+            .wait_timeout_while(state, timeout, |s| s.1.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        state.1
+    }
+
+    pub fn close_stdin(&self) {
+        if let Some(mut feed) = lock(&self.stdin_feed).take() {
+            feed.close();
+        }
+    }
+
+    /// Kills whatever still runs and removes every trace; returns problems.
+    pub fn destroy(&self) -> Vec<String> {
+        self.close_stdin();
+        teardown(&self.record, self.registration.as_ref())
+    }
+}
+
+fn register(
+    request: &AppRequest,
+    role: Role,
+    app_id: &str,
+    hardened: &furnace_runtime::Hardened,
+    config: &ProviderConfig,
+) -> Result<Option<Registration>, CreateError> {
+    let (Role::App, Some(guest)) = (role, request.guest.as_deref()) else {
+        return Ok(None);
+    };
+    let (Some(uid), Some(gid)) = (hardened.host_uid, hardened.host_gid) else {
+        return Err(CreateError::Failed(
+            "an app partition must have a user namespace".into(),
+        ));
+    };
+    let registration = registration::register(
+        &config.socket_root,
+        guest,
+        app_id,
+        &request.permissions,
+        uid,
+        gid,
+    )
+    .map_err(|e| CreateError::Invalid(e.to_string()))?;
+    let expected = registration::app_socket(&config.socket_root, guest, app_id);
+    if registration.app_socket != expected {
+        let _ = registration.unregister();
+        return Err(CreateError::Failed(format!(
+            "the sidecar of guest {guest} bound {} where {} was expected; are its --socket-root and the provider's socket_root the same?",
+            registration.app_socket.display(),
+            expected.display()
+        )));
+    }
+    Ok(Some(registration))
+}
+
+/// containerd 1.6 makes the bundle 0700 root, which the partition's root
+/// (a host uid in the user namespace) cannot traverse to reach its rootfs;
+/// like containerd 1.7 for user namespaces, let the mapped gid traverse it.
+fn open_bundle_to(bundle: &Path, host_gid: u32) -> Result<(), CreateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |e: std::io::Error| {
+        CreateError::Failed(format!(
+            "letting gid {host_gid} traverse {}: {e}",
+            bundle.display()
+        ))
+    };
+    std::os::unix::fs::chown(bundle, None, Some(host_gid)).map_err(failed)?;
+    std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710)).map_err(failed)
+}
+
+fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<Option<PathBuf>, CreateError> {
+    match mounts {
+        [] => Ok(None),
+        [m] => {
+            std::fs::create_dir_all(target)
+                .map_err(|e| CreateError::Failed(format!("creating {}: {e}", target.display())))?;
+            containerd_shim::mount::mount_rootfs(
+                Some(m.fs_type.as_str()),
+                Some(m.source.as_str()),
+                &m.options,
+                target,
+            )
+            .map_err(|e| {
+                CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type))
+            })?;
+            Ok(Some(target.to_owned()))
+        }
+        _ => Err(CreateError::Invalid(format!(
+            "{} rootfs mounts given; io.furnace.v1 takes one (a snapshotter mount)",
+            mounts.len()
+        ))),
+    }
+}
+
+/// Removes everything a task left on the host: processes, cgroups
+/// (with their empty parents), libcontainer state, the rootfs mount and the
+/// sidecar registration. Safe to repeat. Returns what could not be removed.
+pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !record.id.is_empty() {
+        let partition = Partition::new(&record.id, &record.state_root);
+        if let Err(e) = partition.delete() {
+            problems.push(e.to_string());
+        }
+        let cgroups = PartitionCgroups::new(&record.cgroups_path, &record.id);
+        if !cgroups.is_removed() {
+            // Never started (or libcontainer failed): remove the leaf too.
+            cgroups.remove_leaf();
+        }
+        cgroups.remove_empty_parents();
+        let _ = std::fs::remove_dir(&record.state_root);
+    }
+    if let Some(rootfs) = &record.mounted_rootfs {
+        match nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => problems.push(format!("unmounting {}: {e}", rootfs.display())),
+        }
+    }
+    let from_record = || -> Option<Registration> {
+        Some(Registration {
+            guest: record.guest.clone()?,
+            app_id: record.app_id.clone()?,
+            admin_socket: record.admin_socket.clone()?,
+            app_socket: PathBuf::new(),
+        })
+    };
+    if let Some(r) = registration.cloned().or_else(from_record) {
+        if let Err(e) = r.unregister() {
+            problems.push(e);
+        }
+    }
+    problems
+}

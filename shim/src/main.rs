@@ -1,0 +1,43 @@
+//! `containerd-shim-furnace-v1`: containerd's runtime `io.furnace.v1`.
+//!
+//! - [`task`]: the Task API, RPC by RPC;
+//! - [`instance`]: one task's partition, from bundle to teardown;
+//! - [`shim`]: start/serve/delete as containerd drives a shim;
+//! - [`stdio`], [`events`], [`metrics`], [`registration`], [`record`],
+//!   [`options`], [`info`]: one concern each.
+//!
+//! The partition itself (policy and libcontainer launcher) is `furnace-runtime`.
+
+mod events;
+mod info;
+mod instance;
+mod metrics;
+mod options;
+mod record;
+mod registration;
+mod shim;
+mod stdio;
+mod task;
+
+pub const RUNTIME_ID: &str = "io.furnace.v1";
+
+fn main() {
+    // Before anything else: the launch helper must stay single-threaded.
+    furnace_runtime::launcher::helper::run_if_requested();
+    match info::requested() {
+        Some(info::Flag::Version) => info::print_version(),
+        Some(info::Flag::Info) => {
+            if let Err(e) = info::print_info() {
+                eprintln!("{RUNTIME_ID}: -info: {e}");
+                std::process::exit(1);
+            }
+        }
+        None => {
+            let config = containerd_shim::Config {
+                default_log_level: "info".into(),
+                ..Default::default()
+            };
+            containerd_shim::run::<shim::FurnaceShim>(RUNTIME_ID, Some(config));
+        }
+    }
+}

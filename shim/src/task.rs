@@ -1,0 +1,476 @@
+//! The containerd Task API (task.v2) over Furnace partitions. Every RPC of
+//! the service is answered here: the lifecycle ones through [`Instance`],
+//! the rest with a clear refusal (exec unless the provider allows it,
+//! checkpoint UNIMPLEMENTED).
+
+use crate::events::Events;
+use crate::instance::{CreateParams, Instance, RootfsMount, Status};
+use crate::{metrics, options};
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
+use containerd_shim::protos::api::{self, Empty};
+use containerd_shim::protos::events::task as task_events;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
+use containerd_shim::{ExitSignal, Task};
+use furnace_runtime::ProviderConfig;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Exits the reaper saw for pids no task claims yet (an init that died
+/// before `Create` returned), kept for the task that will claim them.
+const MAX_UNCLAIMED_EXITS: usize = 64;
+
+pub struct TaskService {
+    namespace: String,
+    events: Arc<Events>,
+    tasks: Arc<Mutex<HashMap<String, Arc<Instance>>>>,
+    unclaimed_exits: Arc<Mutex<HashMap<u32, u32>>>,
+    exit: Arc<ExitSignal>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn error(code: Code, message: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut t = Timestamp::new();
+    t.seconds = d.as_secs() as i64;
+    t.nanos = d.subsec_nanos() as i32;
+    MessageField::some(t)
+}
+
+impl TaskService {
+    pub fn new(namespace: &str, events: Events, exit: Arc<ExitSignal>) -> Self {
+        let service = TaskService {
+            namespace: namespace.into(),
+            events: Arc::new(events),
+            tasks: Arc::default(),
+            unclaimed_exits: Arc::default(),
+            exit,
+        };
+        service.watch_exits();
+        service
+    }
+
+    /// Follows the shim's reaper: an init's exit becomes TaskExit.
+    fn watch_exits(&self) {
+        let subscription = match monitor_subscribe(Topic::Pid) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot follow process exits: {e}");
+                return;
+            }
+        };
+        let (tasks, unclaimed, events) = (
+            Arc::clone(&self.tasks),
+            Arc::clone(&self.unclaimed_exits),
+            Arc::clone(&self.events),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("exits".into())
+            .spawn(move || {
+                for event in subscription.rx.iter() {
+                    let Subject::Pid(pid) = event.subject else {
+                        continue;
+                    };
+                    let (pid, code) = (pid as u32, event.exit_code as u32);
+                    let owner = lock(&tasks).values().find(|t| t.pid == pid).cloned();
+                    match owner {
+                        Some(task) => publish_exit(&events, &task, code),
+                        None => {
+                            let mut unclaimed = lock(&unclaimed);
+                            if unclaimed.len() >= MAX_UNCLAIMED_EXITS {
+                                unclaimed.clear();
+                            }
+                            unclaimed.insert(pid, code);
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the exit watcher: {e}");
+        }
+    }
+
+    fn task(&self, id: &str) -> ttrpc::Result<Arc<Instance>> {
+        lock(&self.tasks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| error(Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    /// Furnace tasks have no exec processes: any exec id is unknown.
+    fn init_only(id: &str, exec_id: &str) -> ttrpc::Result<()> {
+        if exec_id.is_empty() {
+            Ok(())
+        } else {
+            Err(error(
+                Code::NOT_FOUND,
+                format!("task {id} has no exec process {exec_id}"),
+            ))
+        }
+    }
+}
+
+fn publish_exit(events: &Events, task: &Instance, code: u32) {
+    let _order = lock(&task.lifecycle);
+    if task.set_exited(code) {
+        let (_, exit) = task.status();
+        let mut event = task_events::TaskExit::new();
+        event.container_id = task.id.clone();
+        event.id = task.id.clone();
+        event.pid = task.pid;
+        event.exit_status = code;
+        event.exited_at = timestamp(exit.map_or_else(SystemTime::now, |e| e.at));
+        events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
+    }
+}
+
+impl Task for TaskService {
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        let (status, exit) = task.status();
+        let mut resp = api::StateResponse::new();
+        resp.id = task.id.clone();
+        resp.bundle = task.bundle.to_string_lossy().into_owned();
+        resp.pid = task.pid;
+        resp.status = match status {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Paused => api::Status::PAUSED,
+            Status::Stopped => api::Status::STOPPED,
+        }
+        .into();
+        resp.stdin = task.stdin.clone();
+        resp.stdout = task.stdout.clone();
+        resp.stderr = task.stderr.clone();
+        if let Some(exit) = exit {
+            resp.exit_status = exit.code;
+            resp.exited_at = timestamp(exit.at);
+        }
+        Ok(resp)
+    }
+
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        if lock(&self.tasks).contains_key(&req.id) {
+            return Err(error(
+                Code::ALREADY_EXISTS,
+                format!("task {} already exists", req.id),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(error(
+                Code::UNIMPLEMENTED,
+                "io.furnace.v1 cannot restore checkpoints",
+            ));
+        }
+        let config = load_config(req.options.as_ref())?;
+        let rootfs = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fs_type: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let instance = Instance::create(CreateParams {
+            namespace: &self.namespace,
+            id: &req.id,
+            bundle: Path::new(&req.bundle),
+            rootfs,
+            stdin: &req.stdin,
+            stdout: &req.stdout,
+            stderr: &req.stderr,
+            terminal: req.terminal,
+            config: &config,
+        })
+        .map_err(|e| match e {
+            crate::instance::CreateError::Invalid(m) => error(Code::INVALID_ARGUMENT, m),
+            crate::instance::CreateError::Failed(m) => error(Code::INTERNAL, m),
+        })?;
+        let instance = Arc::new(instance);
+        let pid = instance.pid;
+        lock(&self.tasks).insert(req.id.clone(), Arc::clone(&instance));
+
+        let mut event = task_events::TaskCreate::new();
+        event.container_id = req.id.clone();
+        event.bundle = req.bundle.clone();
+        event.rootfs = req.rootfs.clone();
+        let mut io = task_events::TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        event.io = MessageField::some(io);
+        event.pid = pid;
+        self.events
+            .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
+
+        // An init that died before we knew its pid.
+        if let Some(code) = lock(&self.unclaimed_exits).remove(&pid) {
+            publish_exit(&self.events, &instance, code);
+        }
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        {
+            let _order = lock(&task.lifecycle);
+            if task.status().0 != Status::Created {
+                return Err(error(
+                    Code::FAILED_PRECONDITION,
+                    format!("task {} is not in the created state", req.id),
+                ));
+            }
+            task.partition()
+                .start()
+                .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+            task.set_status(Status::Running);
+            let mut event = task_events::TaskStart::new();
+            event.container_id = task.id.clone();
+            event.pid = task.pid;
+            self.events
+                .publish(topics::TASK_START_EVENT_TOPIC, Box::new(event));
+        }
+        let mut resp = api::StartResponse::new();
+        resp.pid = task.pid;
+        Ok(resp)
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        if matches!(task.status().0, Status::Running | Status::Paused) {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("task {} is still running; kill it first", req.id),
+            ));
+        }
+        for problem in task.destroy() {
+            log::warn!("delete {}: {problem}", req.id);
+        }
+        // A created task never started: destroy killed its init.
+        let exit = task
+            .wait_for(Duration::from_secs(5))
+            .map_or((137, SystemTime::now()), |e| (e.code, e.at));
+        lock(&self.tasks).remove(&req.id);
+
+        let mut event = task_events::TaskDelete::new();
+        event.container_id = task.id.clone();
+        event.id = task.id.clone();
+        event.pid = task.pid;
+        event.exit_status = exit.0;
+        event.exited_at = timestamp(exit.1);
+        self.events
+            .publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event));
+
+        let mut resp = api::DeleteResponse::new();
+        resp.pid = task.pid;
+        resp.exit_status = exit.0;
+        resp.exited_at = timestamp(exit.1);
+        Ok(resp)
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
+        let task = self.task(&req.id)?;
+        let pids = task
+            .cgroups()
+            .pids()
+            .map_err(|e| error(Code::INTERNAL, e))?;
+        let mut resp = api::PidsResponse::new();
+        resp.processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = api::ProcessInfo::new();
+                info.pid = pid;
+                info
+            })
+            .collect();
+        Ok(resp)
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        let task = self.task(&req.id)?;
+        task.partition()
+            .pause()
+            .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
+        task.set_status(Status::Paused);
+        let mut event = task_events::TaskPaused::new();
+        event.container_id = task.id.clone();
+        self.events
+            .publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event));
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        let task = self.task(&req.id)?;
+        task.partition()
+            .resume()
+            .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
+        task.set_status(Status::Running);
+        let mut event = task_events::TaskResumed::new();
+        event.container_id = task.id.clone();
+        self.events
+            .publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event));
+        Ok(Empty::new())
+    }
+
+    fn checkpoint(&self, _: &TtrpcContext, _: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+        Err(error(
+            Code::UNIMPLEMENTED,
+            "io.furnace.v1 does not checkpoint partitions",
+        ))
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        if task.status().1.is_some() {
+            return Err(error(
+                Code::NOT_FOUND,
+                format!("task {}: process already finished", req.id),
+            ));
+        }
+        task.partition()
+            .kill(req.signal, req.all)
+            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+        Ok(Empty::new())
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let task = self.task(&req.id)?;
+        if !task.allow_exec {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "exec into Furnace task {} is refused: the provider config does not allow it (set allow_exec = true in furnace.toml)",
+                    req.id
+                ),
+            ));
+        }
+        Err(error(
+            Code::UNIMPLEMENTED,
+            "exec is allowed by the provider config, but io.furnace.v1 does not run exec processes yet",
+        ))
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
+        self.task(&req.id)?;
+        Err(error(
+            Code::FAILED_PRECONDITION,
+            format!(
+                "task {} has no terminal to resize (Furnace apps run without a tty)",
+                req.id
+            ),
+        ))
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        if req.stdin {
+            task.close_stdin();
+        }
+        Ok(Empty::new())
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let task = self.task(&req.id)?;
+        let value = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.as_slice())
+            .unwrap_or_default();
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(value).map_err(|e| {
+                error(
+                    Code::INVALID_ARGUMENT,
+                    format!("update: resources are not OCI LinuxResources JSON: {e}"),
+                )
+            })?;
+        let ceiling = task.record.limits.unwrap_or_default();
+        let tightened = furnace_runtime::policy::tighten_resources(resources, &ceiling);
+        task.cgroups()
+            .apply(&tightened)
+            .map_err(|e| error(Code::INTERNAL, e))?;
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+        Self::init_only(&req.id, &req.exec_id)?;
+        let task = self.task(&req.id)?;
+        let exit = task.wait();
+        let mut resp = api::WaitResponse::new();
+        resp.exit_status = exit.code;
+        resp.exited_at = timestamp(exit.at);
+        Ok(resp)
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
+        let task = self.task(&req.id)?;
+        let stats = task
+            .cgroups()
+            .stats()
+            .map_err(|e| error(Code::INTERNAL, e))?;
+        let metrics = metrics::to_metrics(&stats, furnace_runtime::launcher::cgroups::setup());
+        let any = containerd_shim::util::convert_to_any(metrics)
+            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = MessageField::some(any);
+        Ok(resp)
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        let task = self.task(&req.id)?;
+        let mut resp = api::ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        resp.task_pid = task.pid;
+        resp.version = env!("CARGO_PKG_VERSION").into();
+        Ok(resp)
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> ttrpc::Result<Empty> {
+        if lock(&self.tasks).is_empty() {
+            self.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
+
+fn load_config(
+    options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
+) -> ttrpc::Result<ProviderConfig> {
+    let path = options.and_then(options::config_path);
+    let loaded = match &path {
+        Some(p) => ProviderConfig::load(p),
+        None => ProviderConfig::load_default(),
+    };
+    loaded.map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))
+}

@@ -1,0 +1,622 @@
+//! A private, real containerd for the end-to-end tests: Debian's containerd
+//! 1.6 (`/usr/bin/containerd`), driven with the real `ctr`. There is no mock.
+//!
+//! Each [`TestContainerd`] has its own root, state, gRPC and ttrpc sockets
+//! under `/run/furnace-test/containerd/<label>-<pid>/`, so tests never talk to
+//! the system's containerd (`/run/containerd/containerd.sock`). containerd is
+//! started with [`bin_dir`] first on its `PATH`, which is where containerd's
+//! runtime v2 looks up `containerd-shim-furnace-v1` for `--runtime io.furnace.v1`.
+//!
+//! One thing is shared with the system: containerd 1.6 shims put their
+//! sockets in `/run/containerd/s/<hash of address, namespace and id>`, so
+//! the names never collide with the system's; the teardown removes those of
+//! shims it had to kill.
+//!
+//! Teardown (on drop, or from an `atexit` hook for fixtures kept in statics)
+//! kills and deletes what is left in the `furnace-test` namespace, stops this
+//! containerd and any shim still serving it, lazily unmounts everything under
+//! the fixture directory and removes it. Only processes the tests started are
+//! signalled, by pid.
+
+use crate::bin_dir;
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// The real containerd and ctr binaries (Debian's containerd 1.6).
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+pub const CTR: &str = "/usr/bin/ctr";
+/// The containerd namespace every test works in.
+pub const NAMESPACE: &str = "furnace-test";
+/// Where fixture directories are created.
+pub const FIXTURE_ROOT: &str = "/run/furnace-test/containerd";
+/// The runtime name ctr and CRI use for Furnace.
+pub const FURNACE_RUNTIME: &str = "io.furnace.v1";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds each `ctr` command the teardown runs.
+const TEARDOWN_CTR_TIMEOUT: &str = "20s";
+
+/// A running private containerd; see the module documentation.
+pub struct TestContainerd {
+    /// The fixture directory, `/run/furnace-test/containerd/<label>-<pid>`.
+    pub dir: PathBuf,
+    /// containerd's gRPC socket, `<dir>/containerd.sock` (what `ctr --address` takes).
+    pub address: PathBuf,
+    /// containerd's log (stdout and stderr, appended across restarts).
+    pub log: PathBuf,
+    pid: i32,
+}
+
+/// What the teardown needs, kept for the `atexit` hook.
+struct Started {
+    dir: PathBuf,
+    address: PathBuf,
+    pid: i32,
+}
+
+static STARTED: Mutex<Vec<Started>> = Mutex::new(Vec::new());
+static ATEXIT: Once = Once::new();
+
+extern "C" fn tear_down_started() {
+    let started = std::mem::take(&mut *registry());
+    for s in started {
+        tear_down(&s);
+    }
+}
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Started>> {
+    STARTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TestContainerd {
+    /// Creates a fresh fixture directory for `label` (removing a stale one of
+    /// the same name), writes its `config.toml`, starts containerd and waits
+    /// until `ctr version` gets an answer from it (at most 10 s; on failure
+    /// the error carries the tail of the log).
+    pub fn start(label: &str) -> Result<TestContainerd> {
+        let dir = Path::new(FIXTURE_ROOT).join(format!("{label}-{}", std::process::id()));
+        if dir.exists() {
+            unmount_under(&dir);
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the stale {}", dir.display()))?;
+        }
+        for sub in ["root", "state"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let address = dir.join("containerd.sock");
+        std::fs::write(dir.join("config.toml"), config_toml(&dir, &address))?;
+        let log = dir.join("containerd.log");
+        let pid = match spawn(&dir.join("config.toml"), &log) {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let containerd = TestContainerd {
+            dir,
+            address,
+            log,
+            pid,
+        };
+        ATEXIT.call_once(|| {
+            // SAFETY: registering a plain extern "C" function has no preconditions.
+            unsafe { libc::atexit(tear_down_started) };
+        });
+        registry().push(containerd.started());
+        containerd.wait_ready()?;
+        Ok(containerd)
+    }
+
+    /// containerd's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// The config file containerd runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Runs `ctr --address <sock> --namespace furnace-test ARGS`, returning
+    /// its output whatever the exit status.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new(CTR)
+            .arg("--address")
+            .arg(&self.address)
+            .args(["--namespace", NAMESPACE])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr runs")
+    }
+
+    /// Like [`TestContainerd::ctr`], returning stdout; fails with stderr when
+    /// ctr exits non-zero.
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.ctr(args);
+        if !out.status.success() {
+            bail!(
+                "ctr {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The server's version as `ctr version` prints it (e.g. `1.6.20~ds1`).
+    pub fn server_version(&self) -> Result<String> {
+        let out = self.ctr_ok(&["version"])?;
+        server_version_of(&out)
+            .with_context(|| format!("ctr version printed no server version:\n{out}"))
+    }
+
+    /// Imports an OCI archive (as `buildah push … oci-archive:FILE:NAME`
+    /// writes it) with plain `ctr images import`, and returns the image name
+    /// as ctr lists it: the archive's `org.opencontainers.image.ref.name`,
+    /// unchanged (e.g. `furnace/probe:dev`). With several images in the
+    /// archive, the first one ctr unpacks.
+    pub fn import_image(&self, archive: &Path) -> Result<String> {
+        let archive_str = archive.to_str().context("archive paths are UTF-8")?;
+        let out = self.ctr_ok(&["images", "import", archive_str])?;
+        // ctr prints `unpacking NAME (sha256:…)...done` per image.
+        let name = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("unpacking "))
+            .filter_map(|l| l.split(" (sha256:").next())
+            .next()
+            .with_context(|| format!("ctr images import {archive_str} named no image:\n{out}"))?
+            .to_owned();
+        let listed = self.ctr_ok(&["images", "ls", "-q"])?;
+        anyhow::ensure!(
+            listed.lines().any(|l| l == name),
+            "ctr unpacked {name} but does not list it:\n{listed}"
+        );
+        Ok(name)
+    }
+
+    /// Stops containerd with SIGTERM (waiting at most 5 s for it to exit) and
+    /// starts it again with the same directories and sockets, then waits until
+    /// it answers. Shims are separate processes and are left alone.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        if !wait_gone(self.pid, STOP_TIMEOUT) {
+            bail!(
+                "containerd {} did not exit within {STOP_TIMEOUT:?} of SIGTERM; log tail:\n{}",
+                self.pid,
+                log_tail(&self.log)
+            );
+        }
+        self.pid = spawn(&self.config_path(), &self.log)?;
+        if let Some(s) = registry().iter_mut().find(|s| s.dir == self.dir) {
+            s.pid = self.pid;
+        }
+        self.wait_ready()
+    }
+
+    /// Pids of the `containerd-shim-*` processes serving this containerd:
+    /// those whose command line carries `-address <this containerd's socket>`.
+    pub fn pids_of_shims(&self) -> Vec<u32> {
+        shims_of(&self.address)
+    }
+
+    fn started(&self) -> Started {
+        Started {
+            dir: self.dir.clone(),
+            address: self.address.clone(),
+            pid: self.pid,
+        }
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if has_exited(self.pid) {
+                bail!(
+                    "containerd {} exited while starting; log tail:\n{}",
+                    self.pid,
+                    log_tail(&self.log)
+                );
+            }
+            if self.address.exists() {
+                let out = Command::new(CTR)
+                    .arg("--address")
+                    .arg(&self.address)
+                    .args(["--connect-timeout", "1s", "version"])
+                    .stdin(Stdio::null())
+                    .output()?;
+                if out.status.success() {
+                    return Ok(());
+                }
+                last = String::from_utf8_lossy(&out.stderr).into_owned();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "containerd {} did not answer on {} within {READY_TIMEOUT:?} (last ctr error: {last}); log tail:\n{}",
+            self.pid,
+            self.address.display(),
+            log_tail(&self.log)
+        )
+    }
+}
+
+impl Drop for TestContainerd {
+    fn drop(&mut self) {
+        registry().retain(|s| s.dir != self.dir);
+        tear_down(&self.started());
+    }
+}
+
+/// The `containerd-shim-furnace-v1` binary containerd will find in
+/// [`bin_dir`]; panics when it has not been built.
+pub fn require_furnace_shim() -> PathBuf {
+    let shim = bin_dir().join("containerd-shim-furnace-v1");
+    assert!(
+        shim.is_file(),
+        "{} is missing; run `make build` (it builds the shim with the other binaries)",
+        shim.display()
+    );
+    shim
+}
+
+/// The workspace's `target/images/<name>.tar`, as `scripts/images.sh` builds
+/// it; panics when it is missing.
+pub fn image_archive(name: &str) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace");
+    let archive = workspace.join("target/images").join(format!("{name}.tar"));
+    assert!(
+        archive.is_file(),
+        "{} is missing; run `scripts/images.sh` to build the test images",
+        archive.display()
+    );
+    archive
+}
+
+/// Starts containerd with `config`, logging to `log` (appended), with
+/// [`bin_dir`] first on its `PATH`; returns its pid.
+fn spawn(config: &Path, log: &Path) -> Result<i32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut dirs = vec![bin_dir()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let child = Command::new(CONTAINERD)
+        .arg("--config")
+        .arg(config)
+        .env("PATH", std::env::join_paths(dirs)?)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {CONTAINERD}"))?;
+    // Waited for by pid (waitpid), so dropping the handle is fine.
+    Ok(child.id() as i32)
+}
+
+/// The `config.toml` of a fixture: version 2, private root, state and
+/// sockets, CRI disabled (the tests use ctr, and CRI is slow to start).
+fn config_toml(dir: &Path, address: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+"#,
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        address = address.display(),
+    )
+}
+
+/// The version in the `Server:` section of `ctr version`'s output.
+fn server_version_of(out: &str) -> Option<String> {
+    let server = out.split("Server:").nth(1)?;
+    server
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .map(|v| v.trim().to_owned())
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Whether `pid` has exited, reaping it if it is our child.
+fn has_exited(pid: i32) -> bool {
+    if pid <= 0 {
+        return true; // never wait for or signal a process group
+    }
+    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        // Not our child (a shim): gone when /proc has no live entry for it.
+        Err(_) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
+        },
+    }
+}
+
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if has_exited(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; returns whether it is gone.
+fn stop(pid: i32) -> bool {
+    if has_exited(pid) {
+        return true;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    if wait_gone(pid, STOP_TIMEOUT) {
+        return true;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    wait_gone(pid, STOP_TIMEOUT)
+}
+
+/// Every pid in /proc.
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+fn shims_of(address: &Path) -> Vec<u32> {
+    let address = address.as_os_str().as_bytes();
+    let mut pids: Vec<u32> = all_pids()
+        .filter(|pid| {
+            // Zombies have an empty command line and do not match.
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_shim = args.first().is_some_and(|argv0| {
+                let name = argv0.rsplit(|b| *b == b'/').next().unwrap_or(argv0);
+                name.starts_with(b"containerd-shim-")
+            });
+            is_shim
+                && args
+                    .windows(2)
+                    .any(|w| matches!(w[0], b"-address" | b"--address") && w[1] == address)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Direct children of `pid`, from /proc/*/stat.
+fn children_of(pid: u32) -> Vec<u32> {
+    all_pids()
+        .filter(|child| {
+            // pid (comm) state ppid …; comm may contain spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Removes the cgroups named in a `/proc/<pid>/cgroup` from every hierarchy
+/// under /sys/fs/cgroup (rmdir: only empty cgroups go), never the root.
+fn remove_cgroups(proc_cgroup: &str) {
+    let mut hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    hierarchies.push(PathBuf::from("/sys/fs/cgroup")); // cgroup v2
+    for path in proc_cgroup.lines().filter_map(|l| l.splitn(3, ':').nth(2)) {
+        let path = path.trim_start_matches('/');
+        for h in hierarchies.iter().filter(|_| !path.is_empty()) {
+            let _ = std::fs::remove_dir(h.join(path));
+        }
+    }
+}
+
+/// Unix sockets `pid` holds whose path is under `dir` (from /proc/net/unix).
+fn sockets_of(pid: u32, dir: &str) -> Vec<PathBuf> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (inode, path) = (fields.get(6)?, fields.get(7)?);
+            (inodes.iter().any(|i| i == inode) && path.starts_with(dir))
+                .then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Mount points at or under `dir`, deepest first, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    mounts.dedup();
+    mounts
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|o| {
+            std::str::from_utf8(o)
+                .ok()
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lazily unmounts (`MNT_DETACH`) every mount under `dir`.
+fn unmount_under(dir: &Path) {
+    for mount in mounts_under(dir) {
+        let Ok(c) = std::ffi::CString::new(mount.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `c` is a valid NUL-terminated path; umount2 does not keep it.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            eprintln!(
+                "TestContainerd: umount -l {}: {}",
+                mount.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// ctr for the teardown, with every call bounded.
+fn teardown_ctr(address: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(CTR)
+        .arg("--address")
+        .arg(address)
+        .args(["--namespace", NAMESPACE])
+        .args(["--connect-timeout", "2s", "--timeout", TEARDOWN_CTR_TIMEOUT])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tear_down(s: &Started) {
+    if !has_exited(s.pid) {
+        let ids = |what: &str| -> Vec<String> {
+            teardown_ctr(&s.address, &[what, "ls", "-q"])
+                .unwrap_or_default()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        for task in ids("tasks") {
+            let _ = teardown_ctr(&s.address, &["tasks", "kill", "-s", "SIGKILL", &task]);
+            let _ = teardown_ctr(&s.address, &["tasks", "delete", "-f", &task]);
+        }
+        for container in ids("containers") {
+            let _ = teardown_ctr(&s.address, &["containers", "delete", &container]);
+        }
+    }
+    if !stop(s.pid) {
+        eprintln!("TestContainerd: containerd {} would not die", s.pid);
+    }
+    for shim in shims_of(&s.address) {
+        let sockets = sockets_of(shim, "/run/containerd/s/");
+        // A shim containerd could not clean up may still run a container's
+        // init as its child: it dies too, and its (then empty) cgroup goes.
+        for child in children_of(shim) {
+            let cgroups = std::fs::read_to_string(format!("/proc/{child}/cgroup"));
+            let _ = kill(Pid::from_raw(child as i32), Signal::SIGKILL);
+            if wait_gone(child as i32, STOP_TIMEOUT) {
+                remove_cgroups(&cgroups.unwrap_or_default());
+            }
+        }
+        let _ = kill(Pid::from_raw(shim as i32), Signal::SIGKILL);
+        if wait_gone(shim as i32, STOP_TIMEOUT) {
+            sockets.iter().for_each(|s| drop(std::fs::remove_file(s)));
+        } else {
+            eprintln!("TestContainerd: shim {shim} would not die");
+        }
+    }
+    unmount_under(&s.dir);
+    if let Err(e) = std::fs::remove_dir_all(&s.dir) {
+        eprintln!("TestContainerd: removing {}: {e}", s.dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_server_version() {
+        let out = "Client:\n  Version:  1.6.20~ds1\n\nServer:\n  Version:  1.6.20~ds1\n  UUID: x\n";
+        assert_eq!(server_version_of(out).as_deref(), Some("1.6.20~ds1"));
+        assert_eq!(server_version_of("Client:\n  Version: 1\n"), None);
+    }
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape_mountinfo(r"/run/a\040b\134c"), r"/run/a b\c");
+        assert_eq!(unescape_mountinfo(r"/plain\x"), r"/plain\x");
+    }
+}

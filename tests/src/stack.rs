@@ -1,0 +1,131 @@
+//! The whole Furnace stack on one node, real parts only: a booted test
+//! guest, its VMI sidecar, a private containerd whose PATH holds
+//! `containerd-shim-furnace-v1`, and the probe image built from
+//! `tests/images/probe/Dockerfile` and imported into it.
+
+use crate::containerd::{image_archive, require_furnace_shim, TestContainerd, FURNACE_RUNTIME};
+use crate::{TestGuest, TestSidecar};
+use anyhow::Result;
+use std::path::PathBuf;
+use std::process::Output;
+
+/// Where the shim keeps libcontainer's state and puts partitions' cgroups
+/// (`shim/src/instance.rs`).
+pub const STATE_ROOT: &str = "/run/furnace/runtime";
+pub const CGROUP_PARENT: &str = "furnace";
+
+pub struct FurnaceStack {
+    pub guest: TestGuest,
+    pub sidecar: TestSidecar,
+    pub containerd: TestContainerd,
+    pub image: String,
+}
+
+impl FurnaceStack {
+    pub fn start(label: &str) -> Result<FurnaceStack> {
+        require_furnace_shim();
+        let guest = TestGuest::start(label, &[])?;
+        let sidecar = TestSidecar::start(&guest, &[])?;
+        let containerd = TestContainerd::start(label)?;
+        let image = containerd.import_image(&image_archive("probe"))?;
+        Ok(FurnaceStack {
+            guest,
+            sidecar,
+            containerd,
+            image,
+        })
+    }
+
+    /// `ctr run --rm --runtime io.furnace.v1 --annotation furnace.dev/guest=<guest>
+    /// [extra…] IMAGE ID ARGS…`, its output whatever the status.
+    pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> Output {
+        let guest = format!("furnace.dev/guest={}", self.guest.name);
+        let mut argv = vec!["run", "--rm", "--runtime", FURNACE_RUNTIME];
+        argv.extend_from_slice(&["--annotation", &guest]);
+        argv.extend_from_slice(extra);
+        argv.push(&self.image);
+        argv.push(id);
+        argv.extend_from_slice(args);
+        self.containerd.ctr(&argv)
+    }
+
+    /// Like [`FurnaceStack::run`], detached (`-d`): the task keeps running.
+    pub fn run_detached(&self, id: &str, extra: &[&str], args: &[&str]) -> Result<()> {
+        let guest = format!("furnace.dev/guest={}", self.guest.name);
+        let mut argv = vec!["run", "-d", "--runtime", FURNACE_RUNTIME];
+        argv.extend_from_slice(&["--annotation", &guest]);
+        argv.extend_from_slice(extra);
+        argv.push(&self.image);
+        argv.push(id);
+        argv.extend_from_slice(args);
+        self.containerd.ctr_ok(&argv).map(drop)
+    }
+
+    /// Kills, deletes and removes a task and its container.
+    pub fn remove(&self, id: &str) {
+        let _ = self.containerd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        for _ in 0..50 {
+            let out = self.containerd.ctr(&["task", "delete", id]);
+            if out.status.success() || String::from_utf8_lossy(&out.stderr).contains("not found") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.containerd.ctr(&["container", "delete", id]);
+    }
+
+    /// The host pid of a task's init, from `ctr task ls`.
+    pub fn task_pid(&self, id: &str) -> Option<u32> {
+        let out = self.containerd.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+        })
+    }
+
+    /// A task's status column in `ctr task ls` (RUNNING, PAUSED, STOPPED…).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.containerd.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f.get(2).map(|s| s.to_string()))?
+        })
+    }
+
+    /// The app socket the sidecar binds for task `id` (`shim/src/registration.rs`).
+    pub fn app_socket(&self, id: &str) -> PathBuf {
+        self.guest
+            .dir
+            .join("apps")
+            .join(format!("{}.{id}.sock", crate::containerd::NAMESPACE))
+    }
+
+    /// Everything a task `id` could leave on the host; empty when it left nothing.
+    pub fn traces_of(&self, id: &str) -> Vec<String> {
+        let ns = crate::containerd::NAMESPACE;
+        let mut traces = Vec::new();
+        let state = PathBuf::from(STATE_ROOT).join(ns).join(id);
+        if state.exists() {
+            traces.push(format!("state directory {}", state.display()));
+        }
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let leaf = h.path().join(CGROUP_PARENT).join(ns).join(id);
+                if leaf.exists() {
+                    traces.push(format!("cgroup {}", leaf.display()));
+                }
+            }
+        }
+        let socket = self.app_socket(id);
+        if socket.exists() {
+            traces.push(format!("app socket {}", socket.display()));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.contains(&format!("/{ns}/{id}/")) {
+                traces.push(format!("mount {line}"));
+            }
+        }
+        traces
+    }
+}
