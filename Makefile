@@ -5,7 +5,7 @@ CARGO      ?= cargo
 BIN_DIR    := $(CURDIR)/target/release
 FURNACE    := $(BIN_DIR)/furnace
 
-.PHONY: demo test deps build kernel bench install lint fmt clean
+.PHONY: demo test deps build kernel images bench install lint fmt clean
 
 demo: build kernel
 	bash scripts/demo.sh
@@ -24,7 +24,11 @@ build: deps
 kernel: build
 	$(FURNACE) guest fetch-kernel >/dev/null
 
-bench: build kernel
+# Our Dockerfiles built with buildah into OCI archives (target/images/*.tar).
+images: build
+	bash scripts/images.sh
+
+bench: build kernel images
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
 
 # Puts the binaries on PATH (PREFIX=/usr/local by default).

@@ -7,6 +7,9 @@ furnace=${FURNACE_BIN_DIR:?}/furnace
 export FURNACE_KERNEL_DIR
 FURNACE_KERNEL_DIR=$("$furnace" guest fetch-kernel)
 
+# The images the end-to-end tests run under io.furnace.v1, built from our Dockerfiles.
+bash scripts/images.sh
+
 log=$(mktemp /tmp/furnace-test.XXXXXX)
 status=0
 cargo test --release --workspace --all-targets -- --test-threads=2 2>&1 | tee "$log" || status=$?

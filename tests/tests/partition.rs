@@ -1,0 +1,186 @@
+//! The partition policy seen from inside a container under `io.furnace.v1`
+//! (real containerd, shim, guest and sidecar; the probe image from our
+//! Dockerfile): what the kernel reports to the app, an escape battery that
+//! must fail attempt by attempt, and VMI through the mounted socket.
+
+use furnace_api::v1::Permission;
+use furnace_api::Process;
+use furnace_tests::stack::FurnaceStack;
+use serde_json::Value;
+use std::sync::OnceLock;
+
+fn stack() -> &'static FurnaceStack {
+    static STACK: OnceLock<FurnaceStack> = OnceLock::new();
+    STACK.get_or_init(|| FurnaceStack::start("part").expect("the Furnace stack starts"))
+}
+
+fn probe(id: &str, args: &[&str]) -> Value {
+    let out = stack().run(id, &[], args);
+    assert!(
+        out.status.success(),
+        "probe {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the probe prints JSON")
+}
+
+/// Seccomp filter mode, no_new_privs, no capabilities, a non-root host uid,
+/// EROFS, only `lo`, EPERM for AF_INET, fds 0-2 only, and the cgroup limits
+/// of DESIGN.md read back from the app's own cgroup files.
+#[test]
+fn the_kernel_reports_the_policy_to_the_app() {
+    let p = probe("policy", &["/furnace-probe", "policy"]);
+    assert_eq!(p["status"]["Seccomp"], "2", "{p}");
+    assert_eq!(p["status"]["NoNewPrivs"], "1");
+    assert_eq!(p["status"]["CapEff"], "0000000000000000");
+    assert_eq!(p["status"]["CapPrm"], "0000000000000000");
+    assert_eq!(p["status"]["CapBnd"], "0000000000000000");
+    let map = &p["uid_map"][0];
+    assert_eq!(map[0], 0, "container root…");
+    assert!(map[1].as_u64().unwrap() >= 1000, "…is no host root: {map}");
+    assert_eq!(p["gid_map"][0][1], map[1]);
+    assert_eq!(p["rootfs_write"], "EROFS");
+    assert_eq!(p["tmp_write"], "ok");
+    assert_eq!(p["interfaces"], serde_json::json!(["lo"]));
+    assert_eq!(p["af_inet_socket"], "EPERM");
+    assert_eq!(p["fds_at_start"], serde_json::json!([0, 1, 2]));
+    assert_eq!(p["pid"], 1, "own pid namespace");
+    assert_eq!(p["vmi_socket"], "socket");
+    assert_eq!(p["cgroup"]["pids.max"], "30");
+    assert_eq!(
+        p["cgroup"]["memory.limit_in_bytes"],
+        (300u64 << 20).to_string()
+    );
+    assert_eq!(p["cgroup"]["cpu.cfs_quota_us"], "200000");
+    assert_eq!(p["cgroup"]["cpu.cfs_period_us"], "100000");
+}
+
+/// The host's view of a running app: its init runs as the mapped host uid.
+#[test]
+fn the_app_runs_as_an_unprivileged_host_uid() {
+    let s = stack();
+    s.run_detached("hostuid", &[], &["/furnace-probe", "hold"])
+        .unwrap();
+    let pid = s.task_pid("hostuid").expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    s.remove("hostuid");
+    let uids: Vec<u32> = uid_line
+        .split_whitespace()
+        .skip(1)
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert!(uids.iter().all(|u| *u == 100_000), "{uid_line}");
+}
+
+/// 49 escape attempts from inside, each asserted to fail, with the errno
+/// or signal the kernel returned; a memory balloon is OOM-killed inside the
+/// partition while a second app and the sidecar carry on.
+#[test]
+fn the_escape_battery_fails_attempt_by_attempt() {
+    let s = stack();
+    let other = s
+        .sidecar
+        .register("escape-other", &[Permission::Read], 100_000);
+    s.run_detached("neighbour", &[], &["/furnace-probe", "hold"])
+        .unwrap();
+    let neighbour = s.task_pid("neighbour").expect("pid");
+    let host_pid = s.containerd.pid().to_string();
+    let report = probe(
+        "escape",
+        &[
+            "/furnace-probe",
+            "escape",
+            "--host-pid",
+            &host_pid,
+            "--guest",
+            &s.guest.name,
+            "--other-socket",
+            other.to_str().unwrap(),
+        ],
+    );
+    let attempts = report["attempts"].as_array().expect("attempts");
+    assert!(attempts.len() >= 25, "{} attempts", attempts.len());
+    let escaped: Vec<&Value> = attempts.iter().filter(|a| a["escaped"] != false).collect();
+    assert!(escaped.is_empty(), "escaped: {escaped:#?}");
+    let outcome = |name: &str| -> String {
+        attempts
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no attempt {name}"))["outcome"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for seccomp_denied in [
+        "mount",
+        "unshare_user",
+        "setns",
+        "chroot",
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+        "io_uring_setup",
+        "userfaultfd",
+        "open_by_handle_at",
+        "kexec_load",
+        "init_module",
+        "reboot",
+        "socket_netlink",
+        "socket_inet",
+        "socket_packet",
+    ] {
+        assert_eq!(outcome(seccomp_denied), "EPERM", "{seccomp_denied}");
+    }
+    assert!(["ESRCH", "EPERM"].contains(&outcome("ptrace_host_pid").as_str()));
+    assert!(["ENOENT", "EACCES", "EROFS"].contains(&outcome("sysrq_trigger").as_str()));
+    assert!(["ENOENT", "EACCES", "EPERM"].contains(&outcome("dev_mem").as_str()));
+    assert!(["EACCES", "ETXTBSY", "EROFS", "EPERM"]
+        .contains(&outcome("proc_self_exe_overwrite").as_str()));
+    assert_eq!(outcome("leaked_host_fd"), "EBADF");
+    assert!(["ENOENT", "EACCES"].contains(&outcome("sidecar_admin_socket").as_str()));
+    assert!(["ENOENT", "EACCES"].contains(&outcome("other_app_socket").as_str()));
+    let bomb = attempts.iter().find(|a| a["name"] == "fork_bomb").unwrap();
+    assert_eq!(bomb["outcome"], "EAGAIN");
+    assert!(bomb["data"]["children"].as_u64().unwrap() < 30, "{bomb}");
+    let balloon = attempts
+        .iter()
+        .find(|a| a["name"] == "memory_balloon")
+        .unwrap();
+    assert_eq!(balloon["outcome"], "SIGKILL", "{balloon}");
+    assert!(balloon["data"]["mib"].as_u64().unwrap() <= 300, "{balloon}");
+
+    assert_eq!(
+        s.task_pid("neighbour"),
+        Some(neighbour),
+        "the other app still runs"
+    );
+    assert_eq!(s.task_status("neighbour").as_deref(), Some("RUNNING"));
+    assert!(
+        s.sidecar.admin().health().is_ok(),
+        "the sidecar still answers"
+    );
+    s.remove("neighbour");
+    s.sidecar.admin().unregister("escape-other").unwrap();
+}
+
+/// An app reads the guest's process list through `/run/furnace/vmi.sock`,
+/// and it equals the guest's own ps.
+#[test]
+fn an_app_sees_the_guests_own_ps_through_its_socket() {
+    let s = stack();
+    s.guest.assert_ps_matches(|_| {
+        let out = s.run("vmips", &[], &["/furnace-probe", "vmi-ps"]);
+        anyhow::ensure!(
+            out.status.success(),
+            "vmi-ps: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice::<Vec<Process>>(&out.stdout)?)
+    });
+    assert!(
+        s.traces_of("vmips").is_empty(),
+        "{:?}",
+        s.traces_of("vmips")
+    );
+}
