@@ -104,3 +104,39 @@ fn rpcs_beyond_ctr_answer_as_documented() {
     s.remove(id);
     assert_eq!(s.traces_of(id), Vec::<String>::new());
 }
+
+/// `-v` prints the version; `-info` answers containerd 2's introspection with
+/// a `RuntimeInfo` naming the runtime and carrying the OCI features JSON.
+/// Nothing goes to stderr.
+#[test]
+fn version_and_info_flags() {
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::types::introspection::RuntimeInfo;
+    let shim = furnace_tests::containerd::require_furnace_shim();
+    let out = std::process::Command::new(&shim)
+        .arg("-v")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stderr.is_empty());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("io.furnace.v1"),
+        "{text}"
+    );
+
+    let out = std::process::Command::new(&shim)
+        .arg("-info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = RuntimeInfo::parse_from_bytes(&out.stdout).expect("a RuntimeInfo message");
+    assert_eq!(info.name, "io.furnace.v1");
+    let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
+    assert_eq!(features["linux"]["seccomp"]["enabled"], true);
+    assert_eq!(features["linux"]["capabilities"], serde_json::json!([]));
+}
