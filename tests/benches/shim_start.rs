@@ -16,14 +16,8 @@ const ROUNDS: usize = 30;
 const WARMUP: usize = 3;
 
 fn run_true(stack: &FurnaceStack, runtime: &str, id: &str) -> Duration {
-    let guest = format!("furnace.dev/guest={}", stack.guest.name);
-    let mut args = vec!["run", "--rm", "--runtime", runtime];
-    if runtime == FURNACE_RUNTIME {
-        args.extend_from_slice(&["--annotation", &guest]);
-    }
-    args.extend_from_slice(&[&stack.image, id, "/bin/true"]);
     let started = Instant::now();
-    let out = stack.containerd.ctr(&args);
+    let out = stack.ctr_run_on(runtime, "--rm", id, &[], &["/bin/true"]);
     let took = started.elapsed();
     assert!(
         out.status.success(),
@@ -49,13 +43,12 @@ fn summary(name: &str, samples: &mut [Duration]) -> f64 {
 /// VmRSS of the shim whose command name starts with `comm`, while a task runs.
 fn shim_rss_kib(stack: &FurnaceStack, runtime: &str, comm: &str) -> u64 {
     let id = format!("rss-{}", comm.len());
-    let guest = format!("furnace.dev/guest={}", stack.guest.name);
-    let mut args = vec!["run", "-d", "--runtime", runtime];
-    if runtime == FURNACE_RUNTIME {
-        args.extend_from_slice(&["--annotation", &guest]);
-    }
-    args.extend_from_slice(&[&stack.image, &id, "/furnace-probe", "hold"]);
-    stack.containerd.ctr_ok(&args).expect("a detached task");
+    let out = stack.ctr_run_on(runtime, "-d", &id, &[], &["/furnace-probe", "hold"]);
+    assert!(
+        out.status.success(),
+        "{runtime}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
     let rss = stack
         .containerd

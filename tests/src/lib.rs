@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub mod containerd;
+mod host;
 pub mod stack;
 pub mod walks;
 

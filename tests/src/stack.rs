@@ -36,12 +36,22 @@ impl FurnaceStack {
         })
     }
 
-    /// `ctr run --rm --runtime io.furnace.v1 --annotation furnace.dev/guest=<guest>
-    /// [extra…] IMAGE ID ARGS…`, its output whatever the status.
-    pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> Output {
+    /// `ctr run MODE --runtime RUNTIME [--annotation furnace.dev/guest=<guest>]
+    /// [extra…] IMAGE ID ARGS…`, MODE being `--rm` or `-d`; the guest
+    /// annotation only for `io.furnace.v1`.
+    pub fn ctr_run_on(
+        &self,
+        runtime: &str,
+        mode: &str,
+        id: &str,
+        extra: &[&str],
+        args: &[&str],
+    ) -> Output {
         let guest = format!("furnace.dev/guest={}", self.guest.name);
-        let mut argv = vec!["run", "--rm", "--runtime", FURNACE_RUNTIME];
-        argv.extend_from_slice(&["--annotation", &guest]);
+        let mut argv = vec!["run", mode, "--runtime", runtime];
+        if runtime == FURNACE_RUNTIME {
+            argv.extend_from_slice(&["--annotation", &guest]);
+        }
         argv.extend_from_slice(extra);
         argv.push(&self.image);
         argv.push(id);
@@ -49,16 +59,21 @@ impl FurnaceStack {
         self.containerd.ctr(&argv)
     }
 
+    /// `ctr run --rm` of an app on this stack's guest, its output whatever the status.
+    pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> Output {
+        self.ctr_run_on(FURNACE_RUNTIME, "--rm", id, extra, args)
+    }
+
     /// Like [`FurnaceStack::run`], detached (`-d`): the task keeps running.
     pub fn run_detached(&self, id: &str, extra: &[&str], args: &[&str]) -> Result<()> {
-        let guest = format!("furnace.dev/guest={}", self.guest.name);
-        let mut argv = vec!["run", "-d", "--runtime", FURNACE_RUNTIME];
-        argv.extend_from_slice(&["--annotation", &guest]);
-        argv.extend_from_slice(extra);
-        argv.push(&self.image);
-        argv.push(id);
-        argv.extend_from_slice(args);
-        self.containerd.ctr_ok(&argv).map(drop)
+        let out = self.ctr_run_on(FURNACE_RUNTIME, "-d", id, extra, args);
+        anyhow::ensure!(
+            out.status.success(),
+            "ctr run -d {id} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// Kills, deletes and removes a task and its container.
