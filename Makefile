@@ -35,7 +35,7 @@ bench: build kernel images
 PREFIX ?= /usr/local
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(BIN_DIR)/containerd-shim-furnace-v1 $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(BIN_DIR)/containerd-shim-furnace-v1 $(BIN_DIR)/furnace-launch-helper $(DESTDIR)$(PREFIX)/bin/
 
 lint:
 	$(CARGO) fmt --all -- --check

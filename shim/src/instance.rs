@@ -1,36 +1,23 @@
 //! One task: creating its partition from containerd's bundle, tracking its
 //! lifecycle, and removing every trace of it.
 
+use crate::exec::ExecProcess;
+use crate::process::ProcessState;
 use crate::record::TaskRecord;
 use crate::registration::{self, Registration};
-use crate::stdio::{self, StdinFeed};
+use crate::stdio;
 use furnace_runtime::launcher::cgroups::PartitionCgroups;
 use furnace_runtime::launcher::{self, Partition};
 use furnace_runtime::{harden, AppRequest, ProviderConfig, Role, SocketMounts};
 use oci_spec::runtime::Spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
 
 /// libcontainer's state, one directory per containerd namespace.
 pub const STATE_ROOT: &str = "/run/furnace/runtime";
 /// Parent of every partition's cgroup: `/furnace/<namespace>/<id>`.
 pub const CGROUP_PARENT: &str = "/furnace";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Exit {
-    pub code: u32,
-    pub at: SystemTime,
-}
 
 /// What containerd asked for in `Create`.
 pub struct CreateParams<'a> {
@@ -72,15 +59,11 @@ pub struct Instance {
     partition: Partition,
     cgroups: PartitionCgroups,
     registration: Option<Registration>,
-    state: Mutex<(Status, Option<Exit>)>,
-    exited: Condvar,
-    stdin_feed: Mutex<Option<StdinFeed>>,
+    /// The init process.
+    pub init: ProcessState,
+    pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
     /// Held across `Start` and the exit event, so TaskStart always precedes TaskExit.
     pub lifecycle: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Undoes a half-finished create, newest step first.
@@ -196,9 +179,8 @@ impl Instance {
             record: std::mem::take(&mut undo.record),
             partition,
             registration,
-            state: Mutex::new((Status::Created, None)),
-            exited: Condvar::new(),
-            stdin_feed: Mutex::new(io.stdin),
+            init: ProcessState::new(io.stdin),
+            execs: Mutex::default(),
             lifecycle: Mutex::new(()),
         })
     }
@@ -211,69 +193,9 @@ impl Instance {
         &self.cgroups
     }
 
-    pub fn status(&self) -> (Status, Option<Exit>) {
-        *lock(&self.state)
-    }
-
-    pub fn set_status(&self, status: Status) {
-        let mut state = lock(&self.state);
-        if state.0 != Status::Stopped {
-            state.0 = status;
-        }
-    }
-
-    /// Records the init's exit; returns false if it was already recorded.
-    pub fn set_exited(&self, code: u32) -> bool {
-        let mut state = lock(&self.state);
-        if state.1.is_some() {
-            return false;
-        }
-        *state = (
-            Status::Stopped,
-            Some(Exit {
-                code,
-                at: SystemTime::now(),
-            }),
-        );
-        self.exited.notify_all();
-        self.close_stdin();
-        true
-    }
-
-    /// Blocks until the init has exited.
-    pub fn wait(&self) -> Exit {
-        let mut state = lock(&self.state);
-        loop {
-            if let Some(exit) = state.1 {
-                return exit;
-            }
-            state = self
-                .exited
-                .wait_timeout(state, Duration::from_secs(3600))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    /// Waits at most `timeout` for the exit to be recorded.
-    pub fn wait_for(&self, timeout: Duration) -> Option<Exit> {
-        let state = lock(&self.state);
-        let (state, _) = self
-            .exited
-            .wait_timeout_while(state, timeout, |s| s.1.is_none())
-            .unwrap_or_else(|p| p.into_inner());
-        state.1
-    }
-
-    pub fn close_stdin(&self) {
-        if let Some(mut feed) = lock(&self.stdin_feed).take() {
-            feed.close();
-        }
-    }
-
     /// Kills whatever still runs and removes every trace; returns problems.
     pub fn destroy(&self) -> Vec<String> {
-        self.close_stdin();
+        self.init.close_stdin();
         teardown(&self.record, self.registration.as_ref())
     }
 }

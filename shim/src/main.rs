@@ -6,13 +6,16 @@
 //! - [`stdio`], [`events`], [`metrics`], [`registration`], [`record`],
 //!   [`options`], [`info`]: one concern each.
 //!
-//! The partition itself (policy and libcontainer launcher) is `furnace-runtime`.
+//! The partition itself (policy and libcontainer launcher) is `furnace-runtime`;
+//! its launch helper is the second binary here, `furnace-launch-helper`.
 
 mod events;
+mod exec;
 mod info;
 mod instance;
 mod metrics;
 mod options;
+mod process;
 mod record;
 mod registration;
 mod shim;
@@ -22,8 +25,6 @@ mod task;
 pub const RUNTIME_ID: &str = "io.furnace.v1";
 
 fn main() {
-    // Before anything else: the launch helper must stay single-threaded.
-    furnace_runtime::launcher::helper::run_if_requested();
     match info::requested() {
         Some(info::Flag::Version) => info::print_version(),
         Some(info::Flag::Info) => {

@@ -1,10 +1,12 @@
 //! The containerd Task API (task.v2) over Furnace partitions. Every RPC of
-//! the service is answered here: the lifecycle ones through [`Instance`],
-//! the rest with a clear refusal (exec unless the provider allows it,
-//! checkpoint UNIMPLEMENTED).
+//! the service is answered here: the init's through [`Instance`], an exec
+//! id's through [`crate::exec`] (when the provider allows exec), the rest
+//! with a clear refusal (checkpoint UNIMPLEMENTED, no terminals).
 
 use crate::events::Events;
-use crate::instance::{CreateParams, Instance, RootfsMount, Status};
+use crate::exec::{self, ExecProcess};
+use crate::instance::{CreateParams, Instance, RootfsMount};
+use crate::process::{lock, Status};
 use crate::{metrics, options};
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::protos::api::{self, Empty};
@@ -17,7 +19,7 @@ use containerd_shim::{ExitSignal, Task};
 use furnace_runtime::ProviderConfig;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Exits the reaper saw for pids no task claims yet (an init that died
@@ -32,15 +34,20 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn error(code: Code, message: impl std::fmt::Display) -> ttrpc::Error {
+pub(crate) fn error(code: Code, message: impl std::fmt::Display) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
 
-fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+pub(crate) fn api_status(status: Status) -> api::Status {
+    match status {
+        Status::Created => api::Status::CREATED,
+        Status::Running => api::Status::RUNNING,
+        Status::Paused => api::Status::PAUSED,
+        Status::Stopped => api::Status::STOPPED,
+    }
+}
+
+pub(crate) fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
     let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut t = Timestamp::new();
     t.seconds = d.as_secs() as i64;
@@ -61,7 +68,7 @@ impl TaskService {
         service
     }
 
-    /// Follows the shim's reaper: an init's exit becomes TaskExit.
+    /// Follows the shim's reaper: an init's or an exec's exit becomes TaskExit.
     fn watch_exits(&self) {
         let subscription = match monitor_subscribe(Topic::Pid) {
             Ok(s) => s,
@@ -83,11 +90,19 @@ impl TaskService {
                         continue;
                     };
                     let (pid, code) = (pid as u32, event.exit_code as u32);
-                    let owner = lock(&tasks).values().find(|t| t.pid == pid).cloned();
-                    match owner {
-                        Some(task) => publish_exit(&events, &task, code),
+                    // Held across the lookup, so a pid being recorded now
+                    // either is found or finds its exit here.
+                    let mut unclaimed = lock(&unclaimed);
+                    match owner_of(&tasks, pid) {
+                        Some((task, None)) => {
+                            drop(unclaimed);
+                            publish_exit(&events, &task, code)
+                        }
+                        Some((task, Some(exec))) => {
+                            drop(unclaimed);
+                            exec::publish_exit(&events, &task, &exec, code)
+                        }
                         None => {
-                            let mut unclaimed = lock(&unclaimed);
                             if unclaimed.len() >= MAX_UNCLAIMED_EXITS {
                                 unclaimed.clear();
                             }
@@ -107,24 +122,27 @@ impl TaskService {
             .cloned()
             .ok_or_else(|| error(Code::NOT_FOUND, format!("task {id} not found")))
     }
+}
 
-    /// Furnace tasks have no exec processes: any exec id is unknown.
-    fn init_only(id: &str, exec_id: &str) -> ttrpc::Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(error(
-                Code::NOT_FOUND,
-                format!("task {id} has no exec process {exec_id}"),
-            ))
+type Owner = (Arc<Instance>, Option<Arc<ExecProcess>>);
+
+/// The task whose init, or exec process, is `pid`.
+fn owner_of(tasks: &Mutex<HashMap<String, Arc<Instance>>>, pid: u32) -> Option<Owner> {
+    for task in lock(tasks).values() {
+        if task.pid == pid {
+            return Some((Arc::clone(task), None));
+        }
+        if let Some(exec) = lock(&task.execs).values().find(|e| e.pid() == pid) {
+            return Some((Arc::clone(task), Some(Arc::clone(exec))));
         }
     }
+    None
 }
 
 fn publish_exit(events: &Events, task: &Instance, code: u32) {
     let _order = lock(&task.lifecycle);
-    if task.set_exited(code) {
-        let (_, exit) = task.status();
+    if task.init.set_exited(code) {
+        let (_, exit) = task.init.status();
         let mut event = task_events::TaskExit::new();
         event.container_id = task.id.clone();
         event.id = task.id.clone();
@@ -137,20 +155,17 @@ fn publish_exit(events: &Events, task: &Instance, code: u32) {
 
 impl Task for TaskService {
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let (status, exit) = task.status();
+        if !req.exec_id.is_empty() {
+            let process = exec::find(&task, &req.exec_id)?;
+            return Ok(exec::state(&task, &process));
+        }
+        let (status, exit) = task.init.status();
         let mut resp = api::StateResponse::new();
         resp.id = task.id.clone();
         resp.bundle = task.bundle.to_string_lossy().into_owned();
         resp.pid = task.pid;
-        resp.status = match status {
-            Status::Created => api::Status::CREATED,
-            Status::Running => api::Status::RUNNING,
-            Status::Paused => api::Status::PAUSED,
-            Status::Stopped => api::Status::STOPPED,
-        }
-        .into();
+        resp.status = api_status(status).into();
         resp.stdin = task.stdin.clone();
         resp.stdout = task.stdout.clone();
         resp.stderr = task.stderr.clone();
@@ -205,7 +220,11 @@ impl Task for TaskService {
         })?;
         let instance = Arc::new(instance);
         let pid = instance.pid;
-        lock(&self.tasks).insert(req.id.clone(), Arc::clone(&instance));
+        let early_exit = {
+            let mut unclaimed = lock(&self.unclaimed_exits);
+            lock(&self.tasks).insert(req.id.clone(), Arc::clone(&instance));
+            unclaimed.remove(&pid)
+        };
 
         let mut event = task_events::TaskCreate::new();
         event.container_id = req.id.clone();
@@ -222,7 +241,7 @@ impl Task for TaskService {
             .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
 
         // An init that died before we knew its pid.
-        if let Some(code) = lock(&self.unclaimed_exits).remove(&pid) {
+        if let Some(code) = early_exit {
             publish_exit(&self.events, &instance, code);
         }
         let mut resp = api::CreateTaskResponse::new();
@@ -231,11 +250,29 @@ impl Task for TaskService {
     }
 
     fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let exec = exec::find(&task, &req.exec_id)?;
+            let (pid, early_exit) = {
+                let _order = lock(&task.lifecycle);
+                exec::start(
+                    &task,
+                    &exec,
+                    &self.namespace,
+                    &self.events,
+                    &self.unclaimed_exits,
+                )?
+            };
+            if let Some(code) = early_exit {
+                exec::publish_exit(&self.events, &task, &exec, code);
+            }
+            let mut resp = api::StartResponse::new();
+            resp.pid = pid;
+            return Ok(resp);
+        }
         {
             let _order = lock(&task.lifecycle);
-            if task.status().0 != Status::Created {
+            if task.init.status().0 != Status::Created {
                 return Err(error(
                     Code::FAILED_PRECONDITION,
                     format!("task {} is not in the created state", req.id),
@@ -244,7 +281,7 @@ impl Task for TaskService {
             task.partition()
                 .start()
                 .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
-            task.set_status(Status::Running);
+            task.init.set_status(Status::Running);
             let mut event = task_events::TaskStart::new();
             event.container_id = task.id.clone();
             event.pid = task.pid;
@@ -261,9 +298,16 @@ impl Task for TaskService {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        if matches!(task.status().0, Status::Running | Status::Paused) {
+        if !req.exec_id.is_empty() {
+            let (pid, exit) = exec::delete(&task, &req.exec_id)?;
+            let mut resp = api::DeleteResponse::new();
+            resp.pid = pid;
+            resp.exit_status = exit.code;
+            resp.exited_at = timestamp(exit.at);
+            return Ok(resp);
+        }
+        if matches!(task.init.status().0, Status::Running | Status::Paused) {
             return Err(error(
                 Code::FAILED_PRECONDITION,
                 format!("task {} is still running; kill it first", req.id),
@@ -274,6 +318,7 @@ impl Task for TaskService {
         }
         // A created task never started: destroy killed its init.
         let exit = task
+            .init
             .wait_for(Duration::from_secs(5))
             .map_or((137, SystemTime::now()), |e| (e.code, e.at));
         lock(&self.tasks).remove(&req.id);
@@ -317,7 +362,7 @@ impl Task for TaskService {
         task.partition()
             .pause()
             .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
-        task.set_status(Status::Paused);
+        task.init.set_status(Status::Paused);
         let mut event = task_events::TaskPaused::new();
         event.container_id = task.id.clone();
         self.events
@@ -330,7 +375,7 @@ impl Task for TaskService {
         task.partition()
             .resume()
             .map_err(|e| error(Code::FAILED_PRECONDITION, e.to_string()))?;
-        task.set_status(Status::Running);
+        task.init.set_status(Status::Running);
         let mut event = task_events::TaskResumed::new();
         event.container_id = task.id.clone();
         self.events
@@ -346,9 +391,13 @@ impl Task for TaskService {
     }
 
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        if task.status().1.is_some() {
+        if !req.exec_id.is_empty() {
+            let process = exec::find(&task, &req.exec_id)?;
+            exec::kill(&process, req.signal)?;
+            return Ok(Empty::new());
+        }
+        if task.init.status().1.is_some() {
             return Err(error(
                 Code::NOT_FOUND,
                 format!("task {}: process already finished", req.id),
@@ -362,19 +411,8 @@ impl Task for TaskService {
 
     fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
         let task = self.task(&req.id)?;
-        if !task.allow_exec {
-            return Err(error(
-                Code::FAILED_PRECONDITION,
-                format!(
-                    "exec into Furnace task {} is refused: the provider config does not allow it (set allow_exec = true in furnace.toml)",
-                    req.id
-                ),
-            ));
-        }
-        Err(error(
-            Code::UNIMPLEMENTED,
-            "exec is allowed by the provider config, but io.furnace.v1 does not run exec processes yet",
-        ))
+        exec::add(&task, &self.events, &req)?;
+        Ok(Empty::new())
     }
 
     fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> ttrpc::Result<Empty> {
@@ -389,10 +427,13 @@ impl Task for TaskService {
     }
 
     fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
         if req.stdin {
-            task.close_stdin();
+            if req.exec_id.is_empty() {
+                task.init.close_stdin();
+            } else {
+                exec::find(&task, &req.exec_id)?.state.close_stdin();
+            }
         }
         Ok(Empty::new())
     }
@@ -420,9 +461,12 @@ impl Task for TaskService {
     }
 
     fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
         let task = self.task(&req.id)?;
-        let exit = task.wait();
+        let exit = if req.exec_id.is_empty() {
+            task.init.wait()
+        } else {
+            exec::find(&task, &req.exec_id)?.state.wait()
+        };
         let mut resp = api::WaitResponse::new();
         resp.exit_status = exit.code;
         resp.exited_at = timestamp(exit.at);

@@ -40,7 +40,8 @@ fn summary(name: &str, samples: &mut [Duration]) -> f64 {
     median
 }
 
-/// VmRSS of the shim whose command name starts with `comm`, while a task runs.
+/// VmRSS of the shim whose command name starts with `comm`, while a task
+/// runs; prints where it lies (resident KiB per mapped file, and anonymous).
 fn shim_rss_kib(stack: &FurnaceStack, runtime: &str, comm: &str) -> u64 {
     let id = format!("rss-{}", comm.len());
     let out = stack.ctr_run_on(runtime, "-d", &id, &[], &["/furnace-probe", "hold"]);
@@ -59,6 +60,7 @@ fn shim_rss_kib(stack: &FurnaceStack, runtime: &str, comm: &str) -> u64 {
                 .is_ok_and(|c| comm.starts_with(c.trim()))
         })
         .find_map(|pid| {
+            print_rss_by_mapping(runtime, pid);
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             status
                 .lines()
@@ -71,6 +73,40 @@ fn shim_rss_kib(stack: &FurnaceStack, runtime: &str, comm: &str) -> u64 {
         .expect("the shim's VmRSS");
     stack.remove(&id);
     rss
+}
+
+fn print_rss_by_mapping(runtime: &str, pid: u32) {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return;
+    };
+    let mut by_file: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            *by_file.entry(current.clone()).or_default() += kib;
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.contains('-'))
+        {
+            let path = line.split_whitespace().nth(5).unwrap_or("[anon]");
+            let perms = line.split_whitespace().nth(1).unwrap_or("");
+            current = format!("{}({perms})", path.rsplit('/').next().unwrap_or(path));
+        }
+    }
+    let mut parts: Vec<_> = by_file.into_iter().filter(|(_, kib)| *kib > 0).collect();
+    parts.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    let parts: Vec<String> = parts.iter().map(|(f, kib)| format!("{f} {kib}")).collect();
+    println!(
+        "  {runtime} shim resident KiB by mapping: {}",
+        parts.join(", ")
+    );
 }
 
 fn main() {

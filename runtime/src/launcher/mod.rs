@@ -1,38 +1,36 @@
 //! Launching a hardened spec as a partition, with youki's `libcontainer`.
 //!
-//! Creating a container forks and `chdir`s the calling process, which is
-//! unsafe in a threaded host such as a shim serving ttrpc. So [`create`]
-//! re-executes the current binary as a single-threaded helper
-//! ([`helper::run_if_requested`] must be the first thing its `main` does);
-//! the helper builds the container and exits, and the container's init
-//! passes to the caller, which must be a child subreaper to reap it.
-//! Everything after creation (start, signals, freezer, delete, cgroup reads)
-//! neither forks nor changes directory and runs in the caller.
+//! Every libcontainer operation runs in the launch helper
+//! (`furnace-launch-helper`, [`helper::main`]), a fresh single-threaded
+//! process per request: creating a container forks and `chdir`s its caller,
+//! which is unsafe in a threaded shim, and the long-lived shim stays small
+//! without libcontainer in it. After `create` the helper exits and the
+//! container's init passes to the caller, which must be a child subreaper to
+//! reap it. The cgroup reads ([`cgroups`]) run in the caller.
 
 pub mod cgroups;
+mod client;
 pub mod helper;
+mod join;
 pub mod mountpoints;
+pub mod protocol;
 
-use libcontainer::container::{Container, ContainerStatus};
-use libcontainer::signal::Signal;
+pub use client::helper_path;
+use protocol::{Reply, Request, Target};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Why a launcher operation failed. Messages say which container and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("container {id}: the launch helper failed: {message}")]
-    Helper { id: String, message: String },
     #[error("container {id}: {operation}: {message}")]
-    Container {
+    Helper {
         id: String,
         operation: &'static str,
         message: String,
     },
     #[error("container {id}: no such partition under {root}")]
     NotFound { id: String, root: PathBuf },
-    #[error("signal {signal} is not a valid signal number")]
-    BadSignal { signal: u32 },
 }
 
 /// The container's stdio as the caller opened it; `None` is `/dev/null`.
@@ -43,15 +41,6 @@ pub struct Stdio {
     pub stderr: Option<OwnedFd>,
 }
 
-/// Status as containerd's Task API names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
 /// One partition: a libcontainer container under `state_root/<id>`.
 #[derive(Clone, Debug)]
 pub struct Partition {
@@ -60,27 +49,23 @@ pub struct Partition {
 }
 
 /// Creates the partition described by `bundle/config.json` (already
-/// hardened) in a single-threaded helper and returns its init's pid. The
-/// init waits for [`Partition::start`] before it runs the app.
+/// hardened) and returns its init's pid. The init waits for
+/// [`Partition::start`] before it runs the app.
 pub fn create(
     id: &str,
     bundle: &Path,
     state_root: &Path,
     stdio: Stdio,
 ) -> Result<(Partition, u32), LaunchError> {
-    let request = helper::CreateRequest {
-        id: id.to_owned(),
+    let partition = Partition::new(id, state_root);
+    let request = Request::Create {
+        target: partition.target(),
         bundle: bundle.to_owned(),
-        state_root: state_root.to_owned(),
     };
-    let pid = helper::spawn_create(&request, stdio)?;
-    Ok((
-        Partition {
-            id: id.to_owned(),
-            state_root: state_root.to_owned(),
-        },
-        pid,
-    ))
+    match client::call(&request, Some(stdio))? {
+        Reply::Created { pid } => Ok((partition, pid)),
+        other => Err(partition.unexpected(&request, other)),
+    }
 }
 
 impl Partition {
@@ -99,69 +84,86 @@ impl Partition {
         self.state_dir().join("state.json").is_file()
     }
 
-    fn load(&self) -> Result<Container, LaunchError> {
+    fn target(&self) -> Target {
+        Target {
+            id: self.id.clone(),
+            state_root: self.state_root.clone(),
+        }
+    }
+
+    fn unexpected(&self, request: &Request, reply: Reply) -> LaunchError {
+        LaunchError::Helper {
+            id: self.id.clone(),
+            operation: request.operation(),
+            message: format!("unexpected reply {reply:?}"),
+        }
+    }
+
+    /// Runs an operation on an existing partition in the helper.
+    fn operate(&self, request: Request) -> Result<(), LaunchError> {
         if !self.exists() {
             return Err(LaunchError::NotFound {
                 id: self.id.clone(),
                 root: self.state_root.clone(),
             });
         }
-        Container::load(self.state_dir()).map_err(|e| self.error("load state", e))
-    }
-
-    fn error(&self, operation: &'static str, e: impl std::fmt::Display) -> LaunchError {
-        LaunchError::Container {
-            id: self.id.clone(),
-            operation,
-            message: e.to_string(),
+        match client::call(&request, None)? {
+            Reply::Done => Ok(()),
+            other => Err(self.unexpected(&request, other)),
         }
     }
 
     /// Lets the waiting init exec the app.
     pub fn start(&self) -> Result<(), LaunchError> {
-        self.load()?.start().map_err(|e| self.error("start", e))
+        self.operate(Request::Start(self.target()))
     }
 
     /// Sends `signal` to the init, or to every process of the partition.
     pub fn kill(&self, signal: u32, all: bool) -> Result<(), LaunchError> {
-        let sig = Signal::try_from(signal as i32).map_err(|_| LaunchError::BadSignal { signal })?;
-        self.load()?
-            .kill(sig, all)
-            .map_err(|e| self.error("kill", e))
+        self.operate(Request::Kill {
+            target: self.target(),
+            signal: i32::try_from(signal).unwrap_or(-1),
+            all,
+        })
     }
 
     /// Freezes every process of the partition (cgroup freezer).
     pub fn pause(&self) -> Result<(), LaunchError> {
-        self.load()?.pause().map_err(|e| self.error("pause", e))
+        self.operate(Request::Pause(self.target()))
     }
 
     pub fn resume(&self) -> Result<(), LaunchError> {
-        self.load()?.resume().map_err(|e| self.error("resume", e))
+        self.operate(Request::Resume(self.target()))
     }
 
-    pub fn status(&self) -> Result<Status, LaunchError> {
-        let mut container = self.load()?;
-        container
-            .refresh_status()
-            .map_err(|e| self.error("read status", e))?;
-        Ok(match container.status() {
-            ContainerStatus::Creating | ContainerStatus::Created => Status::Created,
-            ContainerStatus::Running => Status::Running,
-            ContainerStatus::Paused => Status::Paused,
-            ContainerStatus::Stopped => Status::Stopped,
-        })
+    /// Runs `process` (already hardened, `policy::exec_process`) inside the
+    /// running partition whose init is `init_pid`; returns its pid, which
+    /// passes to the caller (a subreaper) as the init's did.
+    pub fn exec(
+        &self,
+        bundle: &Path,
+        init_pid: u32,
+        process: oci_spec::runtime::Process,
+        stdio: Stdio,
+    ) -> Result<u32, LaunchError> {
+        let request = Request::Exec {
+            target: self.target(),
+            bundle: bundle.to_owned(),
+            init_pid,
+            process: Box::new(process),
+        };
+        match client::call(&request, Some(stdio))? {
+            Reply::Created { pid } => Ok(pid),
+            other => Err(self.unexpected(&request, other)),
+        }
     }
 
     /// Kills whatever still runs, removes the cgroups and the state
     /// directory. Deleting a partition that is already gone is not an error.
     pub fn delete(&self) -> Result<(), LaunchError> {
-        if !self.exists() {
-            let _ = std::fs::remove_dir_all(self.state_dir());
-            return Ok(());
+        if self.exists() {
+            self.operate(Request::Delete(self.target()))?;
         }
-        self.load()?
-            .delete(true)
-            .map_err(|e| self.error("delete", e))?;
         let _ = std::fs::remove_dir_all(self.state_dir());
         Ok(())
     }

@@ -101,6 +101,53 @@ pub fn harden_process(process: &mut oci_spec::runtime::Process) {
     process.set_no_new_privileges(Some(true));
 }
 
+/// The process an `exec` runs in a running partition: what to run (args,
+/// env, cwd) comes from the request; who runs it and with what (user,
+/// rlimits, OOM score) from the partition's hardened init, and the process
+/// part of the policy is applied on top. A terminal, or a user other than
+/// the init's, is refused.
+pub fn exec_process(
+    init: &oci_spec::runtime::Process,
+    requested: &oci_spec::runtime::Process,
+) -> Result<oci_spec::runtime::Process, PolicyError> {
+    if requested.terminal() == Some(true) {
+        return Err(PolicyError::spec(
+            "process.terminal",
+            "is true",
+            "Furnace partitions have no terminal; run the exec without -t",
+        ));
+    }
+    if requested.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(PolicyError::spec(
+            "process.args",
+            "is empty",
+            "name the program to exec",
+        ));
+    }
+    let (asked, runs) = (requested.user(), init.user());
+    if (asked.uid(), asked.gid()) != (runs.uid(), runs.gid()) {
+        return Err(PolicyError::spec(
+            "process.user",
+            format!(
+                "asks for {}:{}, but the partition runs as {}:{}",
+                asked.uid(),
+                asked.gid(),
+                runs.uid(),
+                runs.gid()
+            ),
+            "exec as the container's own user (drop --user)",
+        ));
+    }
+    let mut process = init.clone();
+    process.set_args(requested.args().clone());
+    process.set_env(requested.env().clone().or_else(|| init.env().clone()));
+    process.set_cwd(requested.cwd().clone());
+    process.set_terminal(Some(false));
+    process.set_console_size(None);
+    harden_process(&mut process);
+    Ok(process)
+}
+
 // ---------------------------------------------------------------- namespaces
 
 fn ns(typ: LinuxNamespaceType) -> LinuxNamespace {

@@ -311,3 +311,43 @@ fn kill_mode_and_tmp_exec_follow_the_config() {
     assert!(!o.contains(&"noexec".to_string()), "{o:?}");
     assert!(o.contains(&"size=4194304".to_string()), "{o:?}");
 }
+
+#[test]
+fn an_exec_runs_what_it_asks_as_the_hardened_init_runs() {
+    let h = app(Spec::default(), &[]).unwrap();
+    let init = h.spec.process().clone().unwrap();
+    let mut requested = Spec::default().process().clone().unwrap();
+    requested.set_args(Some(vec!["/bin/cat".into(), "/etc/hostname".into()]));
+    requested.set_cwd("/tmp".into());
+    requested.set_no_new_privileges(Some(false));
+
+    let exec = policy::exec_process(&init, &requested).unwrap();
+    assert_eq!(exec.args(), requested.args());
+    assert_eq!(exec.cwd(), Path::new("/tmp"));
+    assert_eq!(exec.user(), init.user());
+    assert_eq!(exec.no_new_privileges(), Some(true));
+    let caps = exec.capabilities().as_ref().unwrap();
+    for set in [
+        caps.bounding(),
+        caps.effective(),
+        caps.permitted(),
+        caps.ambient(),
+    ] {
+        assert_eq!(set.as_ref().map(|s| s.len()), Some(0));
+    }
+    assert_eq!(exec.rlimits(), init.rlimits());
+
+    requested.set_terminal(Some(true));
+    let err = policy::exec_process(&init, &requested).unwrap_err();
+    assert!(err.to_string().contains("process.terminal"), "{err}");
+    requested.set_terminal(Some(false));
+    let mut other = requested.user().clone();
+    other.set_uid(1000);
+    requested.set_user(other);
+    let err = policy::exec_process(&init, &requested).unwrap_err();
+    assert!(err.to_string().contains("process.user"), "{err}");
+    requested.set_user(init.user().clone());
+    requested.set_args(Some(vec![]));
+    let err = policy::exec_process(&init, &requested).unwrap_err();
+    assert!(err.to_string().contains("process.args"), "{err}");
+}
