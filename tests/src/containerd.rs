@@ -4,8 +4,9 @@
 //! Each [`TestContainerd`] has its own root, state, gRPC and ttrpc sockets
 //! under `/run/furnace-test/containerd/<label>-<pid>/`, so tests never talk to
 //! the system's containerd (`/run/containerd/containerd.sock`). containerd is
-//! started with [`bin_dir`] first on its `PATH`, which is where containerd's
-//! runtime v2 looks up `containerd-shim-furnace-v1` for `--runtime io.furnace.v1`.
+//! started with [`shim_dir`] and [`bin_dir`] first on its `PATH`, which is
+//! where containerd's runtime v2 looks up `containerd-shim-furnace-v1` for
+//! `--runtime io.furnace.v1`.
 //!
 //! One thing is shared with the system: containerd 1.6 shims put their
 //! sockets in `/run/containerd/s/<hash of address, namespace and id>`, so
@@ -262,16 +263,47 @@ impl Drop for TestContainerd {
     }
 }
 
-/// The `containerd-shim-furnace-v1` binary containerd will find in
-/// [`bin_dir`]; panics when it has not been built.
+/// Where `scripts/build-shim.sh` puts the shim as installed (static, built
+/// for size) with its launch helper: `target/furnace-shim`.
+pub fn shim_dir() -> PathBuf {
+    bin_dir().with_file_name("furnace-shim")
+}
+
+/// The `containerd-shim-furnace-v1` containerd will find first on its
+/// `PATH` ([`shim_dir`]); panics when it is missing or older than the
+/// sources it is built from, naming the script that builds it.
 pub fn require_furnace_shim() -> PathBuf {
-    let shim = bin_dir().join("containerd-shim-furnace-v1");
-    assert!(
-        shim.is_file(),
-        "{} is missing; run `make build` (it builds the shim with the other binaries)",
-        shim.display()
-    );
+    let shim = shim_dir().join("containerd-shim-furnace-v1");
+    let build = "run `scripts/build-shim.sh` (`make build` does)";
+    let built = std::fs::metadata(&shim)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing; {build}", shim.display()));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for sources in ["shim/src", "runtime/src", "runtime/seccomp", "api/src"] {
+        if let Some(newer) = newest_file(&workspace.join(sources)).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}; {build}",
+                shim.display(),
+                newer.1.display()
+            );
+        }
+    }
     shim
+}
+
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                newest_file(&path)
+            } else {
+                Some((e.metadata().ok()?.modified().ok()?, path))
+            }
+        })
+        .max()
 }
 
 /// The workspace's `target/images/<name>.tar`, as `scripts/images.sh` builds
@@ -290,14 +322,14 @@ pub fn image_archive(name: &str) -> PathBuf {
 }
 
 /// Starts containerd with `config`, logging to `log` (appended), with
-/// [`bin_dir`] first on its `PATH`; returns its pid.
+/// [`shim_dir`] and [`bin_dir`] first on its `PATH`; returns its pid.
 fn spawn(config: &Path, log: &Path) -> Result<i32> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let mut dirs = vec![bin_dir()];
+    let mut dirs = vec![shim_dir(), bin_dir()];
     dirs.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));

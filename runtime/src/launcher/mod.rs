@@ -10,7 +10,9 @@
 
 pub mod cgroups;
 mod client;
+#[cfg(feature = "helper")]
 pub mod helper;
+#[cfg(feature = "helper")]
 mod join;
 pub mod mountpoints;
 pub mod protocol;

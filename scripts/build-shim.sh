@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds containerd-shim-furnace-v1 as it is installed and tested: optimised
+# for size and statically linked (it stays resident for every task; see
+# docs/benchmarks.md), into target/furnace-shim/, next to a link to its launch
+# helper (target/release/furnace-launch-helper, which links libcontainer and
+# runs only per request). Prints the directory. Safe to run again: cargo
+# rebuilds only what changed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+target=x86_64-unknown-linux-gnu
+out=$root/target/furnace-shim
+
+# An explicit --target keeps this static build apart from target/release.
+# Without the launch-helper feature the shim links no libcontainer (nor its
+# libseccomp, a shared library a static binary cannot take).
+# RELR packs the relative relocations a static PIE applies to itself at
+# start: 24k of them, read in full, otherwise.
+RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
+    cargo build --profile shim --target "$target" --no-default-features \
+    -p containerd-shim-furnace-v1 --bin containerd-shim-furnace-v1 >&2
+cargo build --release -p containerd-shim-furnace-v1 --bin furnace-launch-helper >&2
+
+shim=$root/target/$target/shim/containerd-shim-furnace-v1
+file "$shim" | grep -q 'static' || { echo "$shim is not statically linked" >&2; exit 1; }
+mkdir -p "$out"
+install -m 0755 "$shim" "$out/containerd-shim-furnace-v1"
+ln -sfn ../release/furnace-launch-helper "$out/furnace-launch-helper"
+echo "$out"
