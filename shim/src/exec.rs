@@ -57,7 +57,7 @@ pub fn add(task: &Instance, events: &Events, req: &api::ExecProcessRequest) -> t
             format!("exec into task {}: it is not running", req.id),
         ));
     }
-    let requested: Process = req
+    let mut requested: Process = req
         .spec
         .as_ref()
         .ok_or("no process spec")
@@ -69,7 +69,6 @@ pub fn add(task: &Instance, events: &Events, req: &api::ExecProcessRequest) -> t
                 format!("exec {}: the spec is not an OCI process: {e}", req.exec_id),
             )
         })?;
-    let mut requested = requested;
     if req.terminal {
         requested.set_terminal(Some(true));
     }
@@ -151,36 +150,15 @@ pub fn start(
     Ok((pid, early_exit))
 }
 
-/// Publishes TaskExit for an exec process, once.
-pub fn publish_exit(events: &Events, task: &Instance, exec: &ExecProcess, code: u32) {
-    let _order = lock(&task.lifecycle);
-    if exec.state.set_exited(code) {
-        let mut event = task_events::TaskExit::new();
-        event.container_id = task.id.clone();
-        event.id = exec.id.clone();
-        event.pid = exec.pid();
-        event.exit_status = code;
-        event.exited_at = timestamp(
-            exec.state
-                .status()
-                .1
-                .map_or_else(std::time::SystemTime::now, |e| e.at),
-        );
-        events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
-    }
-}
-
 /// `Kill` of an exec id: the signal goes to that process alone.
 pub fn kill(exec: &ExecProcess, signal: u32) -> ttrpc::Result<()> {
-    let pid = match (exec.state.status(), exec.pid()) {
-        ((_, Some(_)), _) | (_, 0) => {
-            return Err(error(
-                Code::NOT_FOUND,
-                format!("exec process {} is not running", exec.id),
-            ))
-        }
-        (_, pid) => pid,
-    };
+    let pid = exec.pid();
+    if pid == 0 || exec.state.status().1.is_some() {
+        return Err(error(
+            Code::NOT_FOUND,
+            format!("exec process {} is not running", exec.id),
+        ));
+    }
     let signal = nix::sys::signal::Signal::try_from(signal as i32)
         .map_err(|_| error(Code::INVALID_ARGUMENT, format!("{signal} is not a signal")))?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)

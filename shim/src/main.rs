@@ -3,8 +3,9 @@
 //! - [`task`]: the Task API, RPC by RPC;
 //! - [`instance`]: one task's partition, from bundle to teardown;
 //! - [`shim`]: start/serve/delete as containerd drives a shim;
-//! - [`stdio`], [`events`], [`metrics`], [`registration`], [`record`],
-//!   [`options`], [`info`]: one concern each.
+//! - [`exec`]: exec processes; [`process`]: what the init and they share;
+//! - [`stdio`], [`events`], [`oom`], [`metrics`], [`registration`],
+//!   [`record`], [`options`], [`info`]: one concern each.
 //!
 //! The partition itself (policy and libcontainer launcher) is `furnace-runtime`;
 //! its launch helper is the second binary here, `furnace-launch-helper`.
@@ -14,6 +15,7 @@ mod exec;
 mod info;
 mod instance;
 mod metrics;
+mod oom;
 mod options;
 mod process;
 mod record;

@@ -94,13 +94,9 @@ impl TaskService {
                     // either is found or finds its exit here.
                     let mut unclaimed = lock(&unclaimed);
                     match owner_of(&tasks, pid) {
-                        Some((task, None)) => {
+                        Some((task, exec)) => {
                             drop(unclaimed);
-                            publish_exit(&events, &task, code)
-                        }
-                        Some((task, Some(exec))) => {
-                            drop(unclaimed);
-                            exec::publish_exit(&events, &task, &exec, code)
+                            publish_exit(&events, &task, exec.as_deref(), code)
                         }
                         None => {
                             if unclaimed.len() >= MAX_UNCLAIMED_EXITS {
@@ -139,14 +135,21 @@ fn owner_of(tasks: &Mutex<HashMap<String, Arc<Instance>>>, pid: u32) -> Option<O
     None
 }
 
-fn publish_exit(events: &Events, task: &Instance, code: u32) {
+/// Records the exit of the task's init (`exec` None) or of one of its exec
+/// processes, and publishes TaskExit for it, once. Under the task's
+/// lifecycle lock, so it always follows TaskStart or TaskExecStarted.
+fn publish_exit(events: &Events, task: &Instance, exec: Option<&ExecProcess>, code: u32) {
     let _order = lock(&task.lifecycle);
-    if task.init.set_exited(code) {
-        let (_, exit) = task.init.status();
+    let (state, id, pid) = match exec {
+        Some(e) => (&e.state, e.id.as_str(), e.pid()),
+        None => (&task.init, task.id.as_str(), task.pid),
+    };
+    if state.set_exited(code) {
+        let (_, exit) = state.status();
         let mut event = task_events::TaskExit::new();
         event.container_id = task.id.clone();
-        event.id = task.id.clone();
-        event.pid = task.pid;
+        event.id = id.to_owned();
+        event.pid = pid;
         event.exit_status = code;
         event.exited_at = timestamp(exit.map_or_else(SystemTime::now, |e| e.at));
         events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
@@ -239,10 +242,15 @@ impl Task for TaskService {
         event.pid = pid;
         self.events
             .publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event));
+        crate::oom::watch(
+            &instance.record.cgroups_path,
+            &req.id,
+            Arc::clone(&self.events),
+        );
 
         // An init that died before we knew its pid.
         if let Some(code) = early_exit {
-            publish_exit(&self.events, &instance, code);
+            publish_exit(&self.events, &instance, None, code);
         }
         let mut resp = api::CreateTaskResponse::new();
         resp.pid = pid;
@@ -264,7 +272,7 @@ impl Task for TaskService {
                 )?
             };
             if let Some(code) = early_exit {
-                exec::publish_exit(&self.events, &task, &exec, code);
+                publish_exit(&self.events, &task, Some(&exec), code);
             }
             let mut resp = api::StartResponse::new();
             resp.pid = pid;

@@ -133,14 +133,20 @@ impl TestContainerd {
     /// Runs `ctr --address <sock> --namespace furnace-test ARGS`, returning
     /// its output whatever the exit status.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new(CTR)
+        self.ctr_command(args).output().expect("ctr runs")
+    }
+
+    /// `ctr` against this containerd, not yet started (for a long-running
+    /// one such as `ctr events`).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(CTR);
+        command
             .arg("--address")
             .arg(&self.address)
             .args(["--namespace", NAMESPACE])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr runs")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Like [`TestContainerd::ctr`], returning stdout; fails with stderr when

@@ -184,3 +184,56 @@ fn an_app_sees_the_guests_own_ps_through_its_socket() {
         s.traces_of("vmips")
     );
 }
+
+/// An OOM kill inside a partition reaches containerd as a TaskOOM event
+/// for that container (what CRI reports as OOMKilled), seen on
+/// `ctr events`; the app itself carries on and exits normally.
+#[test]
+fn an_oom_kill_is_published_as_task_oom() {
+    let s = stack();
+    let log = s.containerd.config_path().with_file_name("events-oom.log");
+    let mut events = s
+        .containerd
+        .ctr_command(&["events"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events starts");
+    let logged = |what: &[&str]| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| what.iter().all(|w| l.contains(w)))
+    };
+    // Subscribed once an event of our own (a namespace label) shows up.
+    let subscribed = (0..50).any(|round| {
+        let label = format!("oom-test={round}");
+        let _ = s.containerd.ctr(&[
+            "namespaces",
+            "label",
+            furnace_tests::containerd::NAMESPACE,
+            &label,
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        logged(&["/namespaces/update"])
+    });
+
+    let report = probe(
+        "oomkill",
+        &["/furnace-probe", "escape", "--only", "memory_balloon"],
+    );
+    let seen = subscribed
+        && (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            logged(&["/tasks/oom", "oomkill"])
+        });
+    let _ = events.kill();
+    let _ = events.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        subscribed,
+        "ctr events never showed our namespace label: {text}"
+    );
+    assert!(
+        seen,
+        "no /tasks/oom for oomkill in: {text}\nprobe: {report}"
+    );
+}

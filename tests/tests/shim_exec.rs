@@ -15,9 +15,13 @@ fn stack() -> &'static FurnaceStack {
     STACK.get_or_init(|| FurnaceStack::start("exec").expect("the Furnace stack starts"))
 }
 
-/// A provider config that allows exec, in the fixture's directory.
+/// A provider config that allows exec, in the containerd fixture's own
+/// directory (removed with it).
 fn exec_config() -> PathBuf {
-    let path = std::env::temp_dir().join(format!("furnace-exec-{}.toml", std::process::id()));
+    let path = stack()
+        .containerd
+        .config_path()
+        .with_file_name("furnace-exec.toml");
     std::fs::write(&path, "allow_exec = true\n").unwrap();
     path
 }
