@@ -7,7 +7,7 @@ use crate::events::Events;
 use crate::instance::Instance;
 use crate::process::{lock, Exit, ProcessState, Status};
 use crate::stdio;
-use crate::task::{error, timestamp};
+use crate::task::error;
 use containerd_shim::protos::api;
 use containerd_shim::protos::events::task as task_events;
 use containerd_shim::protos::topics;
@@ -202,23 +202,4 @@ fn not_found(id: &str, exec_id: &str) -> ttrpc::Error {
         Code::NOT_FOUND,
         format!("task {id} has no exec process {exec_id}"),
     )
-}
-
-/// `State` of an exec id.
-pub fn state(task: &Instance, exec: &ExecProcess) -> api::StateResponse {
-    let (status, exit) = exec.state.status();
-    let mut resp = api::StateResponse::new();
-    resp.id = task.id.clone();
-    resp.exec_id = exec.id.clone();
-    resp.bundle = task.bundle.to_string_lossy().into_owned();
-    resp.pid = exec.pid();
-    resp.status = crate::task::api_status(status).into();
-    resp.stdin = exec.stdin.clone();
-    resp.stdout = exec.stdout.clone();
-    resp.stderr = exec.stderr.clone();
-    if let Some(exit) = exit {
-        resp.exit_status = exit.code;
-        resp.exited_at = timestamp(exit.at);
-    }
-    resp
 }

@@ -38,7 +38,7 @@ pub(crate) fn error(code: Code, message: impl std::fmt::Display) -> ttrpc::Error
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
 }
 
-pub(crate) fn api_status(status: Status) -> api::Status {
+fn api_status(status: Status) -> api::Status {
     match status {
         Status::Created => api::Status::CREATED,
         Status::Running => api::Status::RUNNING,
@@ -156,27 +156,47 @@ fn publish_exit(events: &Events, task: &Instance, exec: Option<&ExecProcess>, co
     }
 }
 
+/// `State` of the task's init (`exec` None) or of one of its exec processes.
+fn state_of(task: &Instance, exec: Option<&ExecProcess>) -> api::StateResponse {
+    let (state, exec_id, pid, [stdin, stdout, stderr]) = match exec {
+        Some(e) => (
+            &e.state,
+            e.id.as_str(),
+            e.pid(),
+            [&e.stdin, &e.stdout, &e.stderr],
+        ),
+        None => (
+            &task.init,
+            "",
+            task.pid,
+            [&task.stdin, &task.stdout, &task.stderr],
+        ),
+    };
+    let (status, exit) = state.status();
+    let mut resp = api::StateResponse::new();
+    resp.id = task.id.clone();
+    resp.exec_id = exec_id.to_owned();
+    resp.bundle = task.bundle.to_string_lossy().into_owned();
+    resp.pid = pid;
+    resp.status = api_status(status).into();
+    resp.stdin = stdin.clone();
+    resp.stdout = stdout.clone();
+    resp.stderr = stderr.clone();
+    if let Some(exit) = exit {
+        resp.exit_status = exit.code;
+        resp.exited_at = timestamp(exit.at);
+    }
+    resp
+}
+
 impl Task for TaskService {
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
         let task = self.task(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let process = exec::find(&task, &req.exec_id)?;
-            return Ok(exec::state(&task, &process));
+        if req.exec_id.is_empty() {
+            return Ok(state_of(&task, None));
         }
-        let (status, exit) = task.init.status();
-        let mut resp = api::StateResponse::new();
-        resp.id = task.id.clone();
-        resp.bundle = task.bundle.to_string_lossy().into_owned();
-        resp.pid = task.pid;
-        resp.status = api_status(status).into();
-        resp.stdin = task.stdin.clone();
-        resp.stdout = task.stdout.clone();
-        resp.stderr = task.stderr.clone();
-        if let Some(exit) = exit {
-            resp.exit_status = exit.code;
-            resp.exited_at = timestamp(exit.at);
-        }
-        Ok(resp)
+        let process = exec::find(&task, &req.exec_id)?;
+        Ok(state_of(&task, Some(&process)))
     }
 
     fn create(

@@ -13,6 +13,20 @@ use oci_spec::runtime::{
 };
 use std::path::{Path, PathBuf};
 
+/// Every capability set is present and empty.
+fn assert_no_capabilities(process: &oci_spec::runtime::Process) {
+    let caps = process.capabilities().as_ref().unwrap();
+    for set in [
+        caps.bounding(),
+        caps.effective(),
+        caps.inheritable(),
+        caps.permitted(),
+        caps.ambient(),
+    ] {
+        assert_eq!(set.as_ref().map(|c| c.len()), Some(0));
+    }
+}
+
 fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -80,16 +94,7 @@ fn a_hardened_default_spec_has_the_designs_defaults() {
     // No capabilities, no_new_privs.
     let p = s.process().as_ref().unwrap();
     assert_eq!(p.no_new_privileges(), Some(true));
-    let caps = p.capabilities().as_ref().unwrap();
-    for set in [
-        caps.bounding(),
-        caps.effective(),
-        caps.inheritable(),
-        caps.permitted(),
-        caps.ambient(),
-    ] {
-        assert_eq!(set.as_ref().map(|c| c.len()), Some(0));
-    }
+    assert_no_capabilities(p);
 
     // Namespaces, fresh, including network and user.
     let linux = s.linux().as_ref().unwrap();

@@ -326,15 +326,7 @@ fn an_exec_runs_what_it_asks_as_the_hardened_init_runs() {
     assert_eq!(exec.cwd(), Path::new("/tmp"));
     assert_eq!(exec.user(), init.user());
     assert_eq!(exec.no_new_privileges(), Some(true));
-    let caps = exec.capabilities().as_ref().unwrap();
-    for set in [
-        caps.bounding(),
-        caps.effective(),
-        caps.permitted(),
-        caps.ambient(),
-    ] {
-        assert_eq!(set.as_ref().map(|s| s.len()), Some(0));
-    }
+    assert_no_capabilities(&exec);
     assert_eq!(exec.rlimits(), init.rlimits());
 
     requested.set_terminal(Some(true));
