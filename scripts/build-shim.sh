@@ -22,7 +22,8 @@ RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs
 cargo build --release -p containerd-shim-furnace-v1 --bin furnace-launch-helper >&2
 
 shim=$root/target/$target/shim/containerd-shim-furnace-v1
-file "$shim" | grep -q 'static' || { echo "$shim is not statically linked" >&2; exit 1; }
+ldd "$shim" 2>&1 | grep -qE 'not a dynamic executable|statically linked' ||
+    { echo "$shim is not statically linked" >&2; exit 1; }
 mkdir -p "$out"
 install -m 0755 "$shim" "$out/containerd-shim-furnace-v1"
 ln -sfn ../release/furnace-launch-helper "$out/furnace-launch-helper"
