@@ -8,7 +8,7 @@ FURNACE    := $(BIN_DIR)/furnace
 
 .PHONY: demo test deps build kernel images bench install lint fmt clean
 
-demo: build kernel
+demo:
 	bash scripts/demo.sh
 
 test: build kernel
@@ -27,9 +27,10 @@ build: deps
 kernel: build
 	$(FURNACE) guest fetch-kernel >/dev/null
 
-# Our Dockerfiles built with buildah into OCI archives (target/images/*.tar).
+# Our Dockerfiles built with buildah into OCI archives (target/images/*.tar),
+# imported into the running containerd, if any, as furnace/<name>:dev.
 images: build
-	bash scripts/images.sh
+	bash scripts/images.sh --import
 
 bench: build kernel images
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests

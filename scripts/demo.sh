@@ -1,50 +1,185 @@
 #!/usr/bin/env bash
-# The demo: boot a real Debian guest under QEMU, read its process list from
-# outside (no agent inside), and set it beside the guest's own `ps`.
+# `make demo`: the whole Furnace flow on one machine, real parts only.
+# A Debian guest boots under QEMU, its VMI sidecar starts, containerd runs the
+# example app furnace/ps:dev under io.furnace.v1, and what the app read from
+# outside the guest is set beside the guest's own ps, with a verdict.
+#
+# Each step prints one line with its time; its output goes to a log, named
+# when the step fails. Everything started here is stopped on exit, by pid.
+# Safe to run again: a previous run's leftovers are cleaned up first.
 set -euo pipefail
 
-furnace=${FURNACE:-target/release/furnace}
-name=furnace-demo
-root=/run/furnace/guests
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+bin=$root/target/release
+shim_dir=$root/target/furnace-shim
+furnace=$bin/furnace
+guest=furnace-demo
+guest_dir=/run/furnace/guests/$guest
+work=/run/furnace-demo
+namespace=furnace-demo
+app_id=demo-ps
+system_containerd=/run/containerd/containerd.sock
 log_dir=$(mktemp -d /tmp/furnace-demo.XXXXXX)
 
-step() { printf '\n== %s\n' "$*"; }
-cleanup() { "$furnace" guest down "$name" >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+containerd_address=
+containerd_pid=
+sidecar_pid=
+
+say() { printf '%s\n' "$*"; }
 
 run_step() {
     local label=$1; shift
-    local log="$log_dir/${label// /-}.log"
+    local log="$log_dir/$(tr ' /' '--' <<<"$label").log"
     local start=$SECONDS
+    printf '   %-52s' "$label"
     if ! "$@" >"$log" 2>&1; then
-        echo "FAILED: $label (log: $log)" >&2
+        printf 'FAILED after %ds\n' $((SECONDS - start))
+        say "FAILED: $label (log: $log)" >&2
         tail -n 20 "$log" >&2
         exit 1
     fi
-    printf '   %-40s %3ds\n' "$label" $((SECONDS - start))
+    printf '%4ds\n' $((SECONDS - start))
 }
 
+ctr_demo() { ctr --address "$containerd_address" --namespace "$namespace" "$@"; }
+
+stop_pid() {
+    local pid=$1 i
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    if [ -n "$containerd_address" ] && [ -S "$containerd_address" ]; then
+        ctr_demo --timeout 20s task kill -s SIGKILL "$app_id" >/dev/null 2>&1 || true
+        ctr_demo --timeout 20s task delete "$app_id" >/dev/null 2>&1 || true
+        ctr_demo --timeout 20s container delete "$app_id" >/dev/null 2>&1 || true
+    fi
+    stop_pid "$sidecar_pid"
+    # A previous run's private containerd and sidecar, by the pids they left.
+    local file
+    for file in "$work/containerd.pid" "$work/sidecar.pid"; do
+        [ -f "$file" ] && stop_pid "$(cat "$file")"
+    done
+    if [ -d "$work" ]; then
+        grep -o " $work/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf "$work"
+    fi
+    "$furnace" guest down "$guest" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+build() {
+    cargo build --release --workspace --bins
+    bash scripts/build-shim.sh
+}
+
+start_sidecar() {
+    "$bin/furnace-vmi-sidecar" --guest "$guest" --guest-dir "$guest_dir" >"$log_dir/sidecar.log" 2>&1 &
+    sidecar_pid=$!
+    echo "$sidecar_pid" >"$work/sidecar.pid"
+    local i
+    for i in $(seq 100); do
+        "$furnace" sidecar --guest "$guest" health >/dev/null 2>&1 && { "$furnace" sidecar --guest "$guest" health; return; }
+        kill -0 "$sidecar_pid" 2>/dev/null || { echo "the sidecar exited; see $log_dir/sidecar.log"; return 1; }
+        sleep 0.1
+    done
+    echo "the sidecar did not answer within 10 s; see $log_dir/sidecar.log"
+    return 1
+}
+
+# A running containerd that finds containerd-shim-furnace-v1 on its PATH.
+system_containerd_serves_furnace() {
+    [ -S "$system_containerd" ] || return 1
+    local pid dir path
+    pid=$(pgrep -xo containerd) || return 1
+    path=$(tr '\0' '\n' </proc/"$pid"/environ | sed -n 's/^PATH=//p')
+    IFS=: read -ra dirs <<<"${path:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}"
+    for dir in "${dirs[@]}"; do
+        [ -x "$dir/containerd-shim-furnace-v1" ] && return 0
+    done
+    return 1
+}
+
+start_private_containerd() {
+    mkdir -p "$work/root" "$work/state"
+    cat >"$work/config.toml" <<EOF
+version = 2
+root = "$work/root"
+state = "$work/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+[ttrpc]
+  address = "$work/containerd.sock.ttrpc"
+EOF
+    # The shim and its launch helper come first on containerd's PATH.
+    PATH=$shim_dir:$bin:$PATH containerd --config "$work/config.toml" >"$log_dir/containerd.log" 2>&1 &
+    containerd_pid=$!
+    echo "$containerd_pid" >"$work/containerd.pid"
+    local i
+    for i in $(seq 100); do
+        ctr --address "$containerd_address" version >/dev/null 2>&1 && { ctr --address "$containerd_address" version; return; }
+        kill -0 "$containerd_pid" 2>/dev/null || { echo "containerd exited; see $log_dir/containerd.log"; return 1; }
+        sleep 0.1
+    done
+    echo "containerd did not answer within 10 s; see $log_dir/containerd.log"
+    return 1
+}
+
+run_app() {
+    ctr_demo run --rm --runtime io.furnace.v1 --annotation "furnace.dev/guest=$guest" \
+        furnace/ps:dev "$app_id" >"$log_dir/app-ps.txt"
+    cat "$log_dir/app-ps.txt"
+}
+
+# (pid, name) of each process. The guest's ps names workqueue workers with
+# their current queue ("kworker/0:1-events"); the task's comm is the part before '-'.
+app_set() { awk 'NR>1 {print $1, $4}' "$1" | sort; }
+guest_set() { awk 'NR>1 {n=$4; if (n ~ /^kworker\//) sub(/-.*/, "", n); print $1, n}' "$1" | sort; }
+
+say "Furnace demo (logs in $log_dir)"
 cleanup
-step "Boot the guest (Debian cloud kernel under QEMU/TCG)"
-run_step "boot guest $name" "$furnace" guest up "$name"
-dir="$root/$name"
-
-step "What VMI reads from outside the guest"
-"$furnace" vmi info --guest-dir "$dir"
-echo
-"$furnace" vmi ps --guest-dir "$dir" | tee "$log_dir/vmi-ps.txt"
-
-step "What the guest's own ps says"
-"$furnace" guest ps "$name" | tee "$log_dir/guest-ps.txt"
-
-# Compare (pid, name). The guest's ps names workqueue workers with their
-# current queue ("kworker/0:1-events"); the task's own comm is the part before '-'.
-awk 'NR>1 {print $1, $4}' "$log_dir/vmi-ps.txt" | sort >"$log_dir/vmi.set"
-awk 'NR>1 {n=$4; if (n ~ /^kworker\//) sub(/-.*/, "", n); print $1, n}' "$log_dir/guest-ps.txt" | sort >"$log_dir/guest.set"
-step "Verdict"
-if diff -u "$log_dir/guest.set" "$log_dir/vmi.set"; then
-    echo "MATCH: $(wc -l <"$log_dir/vmi.set") processes, read from outside, equal the guest's own ps"
+mkdir -p "$work"
+say "== Set up"
+run_step "install packages (scripts/install-deps.sh)" bash scripts/install-deps.sh
+run_step "build (cargo --release, static shim)" build
+run_step "fetch the guest kernel, -dbg and ISF profile" "$furnace" guest fetch-kernel
+run_step "boot the guest $guest (QEMU/TCG)" "$furnace" guest up "$guest"
+run_step "start its VMI sidecar" start_sidecar
+if system_containerd_serves_furnace; then
+    containerd_address=$system_containerd
+    run_step "use the running containerd ($system_containerd)" ctr --address "$containerd_address" version
 else
-    echo "MISMATCH (logs in $log_dir)"
+    containerd_address=$work/containerd.sock
+    run_step "start a private containerd ($containerd_address)" start_private_containerd
+fi
+run_step "build the images (buildah) and import them" \
+    env CONTAINERD_ADDRESS="$containerd_address" CONTAINERD_NAMESPACE="$namespace" bash scripts/images.sh --import
+
+say ""
+say "== ctr run --rm --runtime io.furnace.v1 --annotation furnace.dev/guest=$guest furnace/ps:dev $app_id"
+verdict=MISMATCH
+for attempt in 1 2 3; do
+    run_step "run the ps app in its partition (attempt $attempt)" run_app
+    "$furnace" guest ps "$guest" >"$log_dir/guest-ps.txt"
+    app_set "$log_dir/app-ps.txt" >"$log_dir/app.set"
+    guest_set "$log_dir/guest-ps.txt" >"$log_dir/guest.set"
+    # Kernel workers may come and go between the two looks: look again.
+    if diff -q "$log_dir/guest.set" "$log_dir/app.set" >/dev/null; then verdict=MATCH; break; fi
+done
+
+say ""
+printf "%-50s%s\n" "The app, from outside the guest (VMI)" "The guest's own ps"
+pr -m -t -w 100 <(cut -c1-40 "$log_dir/app-ps.txt") "$log_dir/guest-ps.txt"
+say ""
+if [ "$verdict" = MATCH ]; then
+    say "MATCH: the $(wc -l <"$log_dir/app.set") processes the app read from outside the guest are the guest's own ps (pid and name)"
+else
+    say "MISMATCH: (pid, name) only in the guest's ps (-) or only in the app's view (+):"
+    diff -u "$log_dir/guest.set" "$log_dir/app.set" | tail -n +3 || true
+    say "logs in $log_dir"
     exit 1
 fi

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Builds the test images as OCI archives: target/images/<name>.tar, tagged
-# furnace/<name>:dev inside. Usage: scripts/images.sh [NAME...] (default: every
-# directory with a Dockerfile under tests/images/ and oci-images/).
+# Builds our images as OCI archives: target/images/<name>.tar, tagged
+# furnace/<name>:dev inside.
 #
-# Each image's build context is staged in target/images/context/<name>/; when
-# its hash matches target/images/<name>.sha256 and the archive exists, buildah
-# is skipped, so a second run costs little more than a no-op cargo build.
+# Usage: scripts/images.sh [--stage] [--import] [NAME...]
+#   NAME...   images to build, with the furnace/* images they are built FROM
+#             (default: every directory with a Dockerfile under tests/images/
+#             and oci-images/)
+#   --stage   only stage the build contexts, for `docker build`:
+#             docker build -t furnace/NAME:dev target/images/context/NAME
+#   --import  also import every archive into containerd (CONTAINERD_ADDRESS,
+#             default /run/containerd/containerd.sock; CONTAINERD_NAMESPACE,
+#             default "default") as furnace/<name>:dev
+#
+# Each image's build context is staged in target/images/context/<name>/:
+# its directory, plus what a Dockerfile cannot fetch without a registry
+# (static binaries built here, Debian packages through `apt-get download`).
+# When the context's hash, and those of the images it is built FROM, match
+# target/images/<name>.sha256 and the image exists, buildah is skipped.
 # Installs nothing: buildah comes from scripts/install-deps.sh.
 set -euo pipefail
 
@@ -14,12 +25,32 @@ root=$PWD
 out=$root/target/images
 target=x86_64-unknown-linux-gnu
 busybox=${BUSYBOX:-/bin/busybox}
-# The applets the images link to busybox.
+# The applets the probe image links to busybox.
 applets=(sh true echo cat sleep ls id)
+deb_cache=${FURNACE_DEB_CACHE:-/var/cache/furnace/debs}
+# furnace/python: the interpreter, the standard library's compiled modules'
+# libraries, and protobuf with its C++ runtime. Nothing that needs a terminal.
+python_packages=(
+    python3-minimal python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
+    python3-protobuf libprotobuf32 libstdc++6 libgcc-s1
+    libc6 libexpat1 zlib1g libssl3 libffi8 libbz2-1.0 liblzma5 libuuid1 libcrypt1
+)
 
 die() { echo "images: $*" >&2; exit 1; }
 
-command -v buildah >/dev/null ||
+stage_only=false
+import=false
+names=()
+for arg in "$@"; do
+    case $arg in
+        --stage) stage_only=true ;;
+        --import) import=true ;;
+        -*) die "unknown option $arg (usage: scripts/images.sh [--stage] [--import] [NAME...])" ;;
+        *) names+=("$arg") ;;
+    esac
+done
+
+$stage_only || command -v buildah >/dev/null ||
     die "buildah is missing (scripts/install-deps.sh installs it; or: apt-get install buildah)"
 
 image_dir() {
@@ -30,16 +61,32 @@ image_dir() {
     return 1
 }
 
-names=("$@")
+# The furnace/* images a Dockerfile is built FROM.
+bases_of() {
+    sed -nE 's|^FROM[[:space:]]+furnace/([a-z0-9-]+):dev.*|\1|p' "$(image_dir "$1")/Dockerfile"
+}
+
 if [ ${#names[@]} -eq 0 ]; then
     for dockerfile in tests/images/*/Dockerfile oci-images/*/Dockerfile; do
         [ -f "$dockerfile" ] && names+=("$(basename "$(dirname "$dockerfile")")")
     done
 fi
 [ ${#names[@]} -gt 0 ] || die "no images found under tests/images/ or oci-images/"
-for name in "${names[@]}"; do
+
+# Bases before the images built on them.
+order=()
+declare -A placed=() visiting=()
+place() {
+    local name=$1 base
+    [ -n "${placed[$name]:-}" ] && return
+    [ -n "${visiting[$name]:-}" ] && die "the Dockerfiles' FROM lines loop through $name"
     image_dir "$name" >/dev/null || die "no image $name (tests/images/$name/Dockerfile or oci-images/$name/Dockerfile)"
-done
+    visiting[$name]=1
+    for base in $(bases_of "$name"); do place "$base"; done
+    placed[$name]=1
+    order+=("$name")
+}
+for name in "${names[@]}"; do place "$name"; done
 
 # ldd fails on a static executable that is not PIE: judge by its words only.
 is_static() {
@@ -48,15 +95,34 @@ is_static() {
     grep -qE 'not a dynamic executable|statically linked' <<<"$says"
 }
 
-# Built at most once per run, by the first image that needs it.
-probe_bin=
-build_probe() {
-    [ -n "$probe_bin" ] && return
-    # An explicit --target keeps this static build apart from target/release.
-    RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release -p furnace-probe --target "$target"
-    probe_bin=$root/target/$target/release/furnace-probe
-    is_static "$probe_bin" || { echo "$probe_bin is not statically linked" >&2; return 1; }
+# The package an image's Cargo.toml builds (its binary has the same name).
+crate_of() {
+    local dir
+    dir=$(image_dir "$1")
+    if [ -f "$dir/Cargo.toml" ]; then
+        sed -nE '0,/^name = "(.*)"/s//\1/p' "$dir/Cargo.toml"
+    elif [ "$1" = probe ]; then
+        echo furnace-probe
+    fi
+}
+
+# Every static binary the images need, in one cargo run; an explicit
+# --target keeps this static build apart from target/release.
+crates=()
+for name in "${order[@]}"; do
+    crate=$(crate_of "$name")
+    [ -n "$crate" ] && crates+=("$crate")
+done
+build_static() {
+    [ ${#crates[@]} -gt 0 ] || return 0
+    local args=() crate
+    for crate in "${crates[@]}"; do args+=(-p "$crate"); done
+    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" "${args[@]}"
+}
+static_binary() {
+    local bin=$root/target/$target/release/$1
+    is_static "$bin" || { echo "$bin is not statically linked" >&2; return 1; }
+    echo "$bin"
 }
 
 # A root filesystem of busybox and its applet links.
@@ -72,16 +138,55 @@ stage_busybox() {
     done
 }
 
-# Per-image staging, after the image's own directory is copied in.
 stage_probe() {
-    build_probe
-    strip -o "$1/furnace-probe" "$probe_bin"
     stage_busybox "$1"
+}
+
+# The directories git cannot hold.
+stage_base() {
+    mkdir -p "$1/rootfs/tmp" "$1/rootfs/run/furnace"
+    chmod 1777 "$1/rootfs/tmp"
+}
+
+# Debian's python3 and python3-protobuf unpacked from their .debs (cached in
+# $deb_cache), without documentation, plus the SDK; then checked by importing
+# the SDK with that root as /.
+stage_python() {
+    local rootfs=$1/rootfs package deb missing=()
+    mkdir -p "$deb_cache" "$rootfs"
+    for package in "${python_packages[@]}"; do
+        compgen -G "$deb_cache/${package}_*.deb" >/dev/null || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        # As root, apt-get download warns unless _apt may write here.
+        chown _apt "$deb_cache" 2>/dev/null || true
+        (cd "$deb_cache" && apt-get download "${missing[@]}")
+    fi
+    for package in "${python_packages[@]}"; do
+        for deb in "$deb_cache/${package}"_*.deb; do dpkg-deb -x "$deb" "$rootfs"; done
+    done
+    rm -rf "$rootfs/usr/share/doc" "$rootfs/usr/share/man" "$rootfs/usr/share/lintian" "$rootfs/usr/share/locale"
+    local site=$rootfs/usr/lib/python3/dist-packages
+    cp -r api/python/furnace_vmi "$site/"
+    find "$site/furnace_vmi" -name __pycache__ -prune -exec rm -rf {} +
+    chroot "$rootfs" /usr/bin/python3 -c 'import furnace_vmi, google.protobuf; print("python", __import__("sys").version.split()[0], "protobuf", google.protobuf.__version__)'
 }
 
 # Over names, types, modes, link targets and contents; not timestamps.
 context_hash() {
     tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - -C "$1" . | sha256sum | cut -d' ' -f1
+}
+
+stage() {
+    local name=$1 context=$2 crate hook
+    rm -rf "$context"
+    mkdir -p "$context"
+    cp -a "$(image_dir "$name")/." "$context/"
+    rm -rf "$context/src" "$context/Cargo.toml"
+    crate=$(crate_of "$name")
+    if [ -n "$crate" ]; then strip -o "$context/$crate" "$(static_binary "$crate")"; fi
+    hook=stage_${name//-/_}
+    if declare -F "$hook" >/dev/null; then "$hook" "$context"; fi
 }
 
 current=
@@ -99,8 +204,12 @@ report_failure() {
 }
 trap report_failure EXIT
 
+declare -A hash_of=()
 mkdir -p "$out/context"
-for name in "${names[@]}"; do
+current="the static binaries"
+log=$out/static.log
+build_static >"$log" 2>&1
+for name in "${order[@]}"; do
     current=$name
     started=$SECONDS
     log=$out/$name.log
@@ -108,28 +217,48 @@ for name in "${names[@]}"; do
     tar_file=$out/$name.tar
     tag=localhost/furnace/$name:dev
     : >"$log"
-    {
-        rm -rf "$context"
-        mkdir -p "$context"
-        cp -a "$(image_dir "$name")/." "$context/"
-        hook=stage_${name//-/_}
-        if declare -F "$hook" >/dev/null; then "$hook" "$context"; fi
-    } >>"$log" 2>&1
+    stage "$name" "$context" >>"$log" 2>&1
+    if $stage_only; then
+        printf 'images: %-14s staged        %3ds  %s\n' "$name" $((SECONDS - started)) "${context#"$root"/}"
+        continue
+    fi
     hash=$(context_hash "$context")
-    if [ -f "$tar_file" ] && [ "$(cat "$out/$name.sha256" 2>/dev/null)" = "$hash" ]; then
+    for base in $(bases_of "$name"); do
+        hash=$(echo "$hash ${hash_of[$base]}" | sha256sum | cut -d' ' -f1)
+    done
+    hash_of[$name]=$hash
+    if [ -f "$tar_file" ] && [ "$(cat "$out/$name.sha256" 2>/dev/null)" = "$hash" ] &&
+        buildah inspect --type image "$tag" >/dev/null 2>&1; then
         echo "context $hash unchanged since $tar_file was built: buildah skipped" >>"$log"
-        printf 'images: %-12s up to date    %3ds  %s\n' "$name" $((SECONDS - started)) "${tar_file#"$root"/}"
+        printf 'images: %-14s up to date    %3ds  %s\n' "$name" $((SECONDS - started)) "${tar_file#"$root"/}"
         continue
     fi
     {
         rm -f "$out/$name.sha256" "$tar_file" "$tar_file.tmp"
         buildah rmi -f "$tag" 2>/dev/null || true
-        buildah bud --isolation chroot --layers=false -t "$tag" -f "$context/Dockerfile" "$context"
+        # --pull=never: a FROM names one of our images, built above, or scratch.
+        buildah bud --isolation chroot --layers=false --pull=never -t "$tag" -f "$context/Dockerfile" "$context"
         buildah push "$tag" "oci-archive:$tar_file.tmp:furnace/$name:dev"
         mv "$tar_file.tmp" "$tar_file"
         echo "$hash" >"$out/$name.sha256"
     } >>"$log" 2>&1
-    printf 'images: %-12s built         %3ds  %s (%s)\n' "$name" $((SECONDS - started)) \
+    printf 'images: %-14s built         %3ds  %s (%s)\n' "$name" $((SECONDS - started)) \
         "${tar_file#"$root"/}" "$(du -h "$tar_file" | cut -f1)"
+done
+current=
+
+$import || exit 0
+address=${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}
+namespace=${CONTAINERD_NAMESPACE:-default}
+if [ ! -S "$address" ]; then
+    echo "images: no containerd at $address; import by hand: ctr images import target/images/NAME.tar"
+    exit 0
+fi
+for name in "${order[@]}"; do
+    current=$name
+    log=$out/$name.log
+    started=$SECONDS
+    ctr --address "$address" --namespace "$namespace" images import "$out/$name.tar" >>"$log" 2>&1
+    printf 'images: %-14s imported      %3ds  furnace/%s:dev (namespace %s)\n' "$name" $((SECONDS - started)) "$name" "$namespace"
 done
 current=

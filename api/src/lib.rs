@@ -15,6 +15,7 @@ pub mod ttrpc {
 
 pub mod client;
 pub mod error;
+pub mod table;
 pub mod wire;
 
 pub use client::{Admin, Batch, CallRef, Vmi};

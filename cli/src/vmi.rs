@@ -89,27 +89,13 @@ pub fn run(args: VmiArgs) -> Result<()> {
         VmiCommand::Ps => {
             let processes = source.processes()?;
             emit(args.json, &processes, || {
-                let mut out = format!(
-                    "{:>7} {:>7} {:>6} {:<16} {:>18} {:>12}\n",
-                    "PID", "PPID", "UID", "NAME", "TASK", "DTB"
-                );
-                for p in &processes {
-                    out += &format!(
-                        "{:>7} {:>7} {:>6} {:<16} {:#18x} {:#12x}\n",
-                        p.pid, p.ppid, p.uid, p.name, p.task, p.dtb
-                    );
-                }
-                out
+                furnace_api::table::processes(&processes)
             })
         }
         VmiCommand::Modules => {
             let modules = source.modules()?;
             emit(args.json, &modules, || {
-                let mut out = format!("{:<24} {:>18} {:>10}\n", "NAME", "BASE", "SIZE");
-                for m in &modules {
-                    out += &format!("{:<24} {:#18x} {:>10}\n", m.name, m.base, m.size);
-                }
-                out
+                furnace_api::table::modules(&modules)
             })
         }
         VmiCommand::Sym { names } => {

@@ -1,7 +1,8 @@
 //! The whole Furnace stack on one node, real parts only: a booted test
 //! guest, its VMI sidecar, a private containerd whose PATH holds
 //! `containerd-shim-furnace-v1`, and the probe image built from
-//! `tests/images/probe/Dockerfile` and imported into it.
+//! `tests/images/probe/Dockerfile` and imported into it; example app images
+//! (`oci-images/`) are imported on request ([`FurnaceStack::import`]).
 
 use crate::containerd::{image_archive, require_furnace_shim, TestContainerd, FURNACE_RUNTIME};
 use crate::{TestGuest, TestSidecar};
@@ -36,11 +37,30 @@ impl FurnaceStack {
         })
     }
 
+    /// Imports the image `target/images/<name>.tar` (built by
+    /// `scripts/images.sh`) and returns its name, `furnace/<name>:dev`.
+    pub fn import(&self, name: &str) -> Result<String> {
+        self.containerd.import_image(&image_archive(name))
+    }
+
     /// `ctr run MODE --runtime RUNTIME [--annotation furnace.dev/guest=<guest>]
-    /// [extra…] IMAGE ID ARGS…`, MODE being `--rm` or `-d`; the guest
-    /// annotation only for `io.furnace.v1`.
+    /// [extra…] IMAGE ID ARGS…` of the probe image, MODE being `--rm` or `-d`;
+    /// the guest annotation only for `io.furnace.v1`.
     pub fn ctr_run_on(
         &self,
+        runtime: &str,
+        mode: &str,
+        id: &str,
+        extra: &[&str],
+        args: &[&str],
+    ) -> Output {
+        self.ctr_run_image(&self.image, runtime, mode, id, extra, args)
+    }
+
+    /// Like [`FurnaceStack::ctr_run_on`], of any imported image.
+    pub fn ctr_run_image(
+        &self,
+        image: &str,
         runtime: &str,
         mode: &str,
         id: &str,
@@ -53,10 +73,16 @@ impl FurnaceStack {
             argv.extend_from_slice(&["--annotation", &guest]);
         }
         argv.extend_from_slice(extra);
-        argv.push(&self.image);
+        argv.push(image);
         argv.push(id);
         argv.extend_from_slice(args);
         self.containerd.ctr(&argv)
+    }
+
+    /// `ctr run --rm` of an app image under `io.furnace.v1` on this stack's
+    /// guest, its output whatever the status. ARGS follow the image's entrypoint.
+    pub fn run_app(&self, image: &str, id: &str, extra: &[&str], args: &[&str]) -> Output {
+        self.ctr_run_image(image, FURNACE_RUNTIME, "--rm", id, extra, args)
     }
 
     /// `ctr run --rm` of an app on this stack's guest, its output whatever the status.
