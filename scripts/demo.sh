@@ -151,10 +151,10 @@ run_step "boot the guest $guest (QEMU/TCG)" "$furnace" guest up "$guest"
 run_step "start its VMI sidecar" start_sidecar
 if system_containerd_serves_furnace; then
     containerd_address=$system_containerd
-    run_step "use the running containerd ($system_containerd)" ctr --address "$containerd_address" version
+    run_step "use the running containerd" ctr --address "$containerd_address" version
 else
     containerd_address=$work/containerd.sock
-    run_step "start a private containerd ($containerd_address)" start_private_containerd
+    run_step "start a private containerd"  start_private_containerd
 fi
 run_step "build the images (buildah) and import them" \
     env CONTAINERD_ADDRESS="$containerd_address" CONTAINERD_NAMESPACE="$namespace" bash scripts/images.sh --import
@@ -172,8 +172,10 @@ for attempt in 1 2 3; do
 done
 
 say ""
-printf "%-50s%s\n" "The app, from outside the guest (VMI)" "The guest's own ps"
-pr -m -t -w 100 <(cut -c1-40 "$log_dir/app-ps.txt") "$log_dir/guest-ps.txt"
+# Side by side: the app's PID, PPID, UID and NAME columns, then the guest's ps.
+paste -d '|' <(cut -c1-40 "$log_dir/app-ps.txt") "$log_dir/guest-ps.txt" |
+    awk -F'|' 'BEGIN { printf "%-44s %s\n", "The app, from outside the guest (VMI):", "The guest'"'"'s own ps:" }
+               { printf "%-44s %s\n", $1, $2 }'
 say ""
 if [ "$verdict" = MATCH ]; then
     say "MATCH: the $(wc -l <"$log_dir/app.set") processes the app read from outside the guest are the guest's own ps (pid and name)"
