@@ -160,7 +160,9 @@ stage_python() {
     if [ ${#missing[@]} -gt 0 ]; then
         # As root, apt-get download warns unless _apt may write here.
         chown _apt "$deb_cache" 2>/dev/null || true
-        (cd "$deb_cache" && apt-get download "${missing[@]}")
+        # Stale apt lists name versions the mirror no longer has: refresh once.
+        (cd "$deb_cache" && apt-get download "${missing[@]}") ||
+            { apt-get update -qq && (cd "$deb_cache" && apt-get download "${missing[@]}"); }
     fi
     for package in "${python_packages[@]}"; do
         for deb in "$deb_cache/${package}"_*.deb; do dpkg-deb -x "$deb" "$rootfs"; done
