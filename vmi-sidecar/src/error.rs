@@ -47,6 +47,9 @@ pub enum VmiError {
     #[error("QMP: {0}")]
     Qmp(String),
 
+    #[error("gdbstub: {0}")]
+    Gdb(String),
+
     // The cause is part of the message rather than a `#[source]`, so callers
     // that print the whole chain do not repeat it.
     #[error("{context}: {cause}")]
@@ -84,7 +87,7 @@ impl VmiError {
             VmiError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::PermissionDenied => {
                 ErrorCode::NotPermitted
             }
-            VmiError::Qmp(_) | VmiError::Io { .. } => ErrorCode::Internal,
+            VmiError::Qmp(_) | VmiError::Gdb(_) | VmiError::Io { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -95,10 +95,18 @@ impl KernelMemory for Kernel<'_> {
 }
 
 impl Kernel<'_> {
+    fn bytes_at<const N: usize>(&self, address: u64) -> Result<[u8; N], String> {
+        self.read(address, N)?
+            .try_into()
+            .map_err(|_| format!("a short read at {address:#x}"))
+    }
+
     fn u64_at(&self, address: u64) -> Result<u64, String> {
-        let bytes = self.read(address, 8)?;
-        let bytes: [u8; 8] = bytes.try_into().map_err(|_| "a short read".to_string())?;
-        Ok(u64::from_le_bytes(bytes))
+        self.bytes_at(address).map(u64::from_le_bytes)
+    }
+
+    fn u32_at(&self, address: u64) -> Result<u32, String> {
+        self.bytes_at(address).map(u32::from_le_bytes)
     }
 }
 
@@ -113,12 +121,14 @@ pub fn pid_idr(kernel: &Kernel, layout: &Layout) -> Result<View, String> {
             // A pid kept alive only as a process group or session id.
             continue;
         }
-        let task = first - layout.task_pid_links;
+        let task = first.checked_sub(layout.task_pid_links).ok_or_else(|| {
+            format!("struct pid at {pid:#x} leads to {first:#x}, which is no task's pid_links")
+        })?;
         if kernel.u64_at(task + layout.task_group_leader)? != task {
             continue; // a thread: its leader stands for the process
         }
-        let number = kernel.u64_at(pid + layout.pid_number)? as u32;
-        let comm = kernel.read(task + layout.task_comm, TASK_COMM_LEN)?;
+        let number = kernel.u32_at(pid + layout.pid_number)?;
+        let comm: [u8; TASK_COMM_LEN] = kernel.bytes_at(task + layout.task_comm)?;
         let name = comm.split(|&b| b == 0).next().unwrap_or_default();
         view.insert(
             task,

@@ -3,6 +3,7 @@
 //! [`PhysicalMemory`] alone; pausing needs [`VmControl`]; CR3/CR4 need
 //! [`VcpuRegisters`]. A snapshot has memory and nothing else.
 
+pub mod gdb;
 pub mod qemu;
 pub mod qmp;
 mod ram;
