@@ -14,8 +14,10 @@ mod stop;
 
 pub use stop::{StopReason, StopReply};
 
+use super::Registers;
 use crate::error::{Result, VmiError};
 use packet::{Decoder, Frame};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -50,12 +52,20 @@ pub struct GdbClient {
     decoder: Decoder,
     /// Bytes read past the end of the last frame.
     unread: Vec<u8>,
+    /// Packets that arrived while an ack was awaited (QEMU's attach stop
+    /// comes ahead of the ack of the first request).
+    queued: VecDeque<Vec<u8>>,
     acks: bool,
+    attach_stop: Option<StopReply>,
 }
 
 impl GdbClient {
     /// Connects to the stub at `path` and turns acknowledgements off where
     /// the stub allows it. Nothing listening is [`VmiError::GuestGone`].
+    ///
+    /// QEMU stops the guest when a debugger attaches and reports that stop
+    /// unasked, ahead of any reply ([`GdbClient::attach_stop`]); the guest
+    /// stays stopped until [`GdbClient::resume`].
     pub fn connect(path: &Path) -> Result<Self> {
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
@@ -76,9 +86,21 @@ impl GdbClient {
             stream,
             decoder: Decoder::default(),
             unread: Vec::new(),
+            queued: VecDeque::new(),
             acks: true,
+            attach_stop: None,
         };
-        let features = client.request(b"qSupported:swbreak+;hwbreak+")?;
+        client.send(b"qSupported:swbreak+;hwbreak+")?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let features = loop {
+            let reply = client
+                .receive_until(deadline)?
+                .ok_or_else(|| VmiError::Gdb("no reply to qSupported".into()))?;
+            match StopReply::parse(&reply) {
+                Ok(stop) if client.attach_stop.is_none() => client.attach_stop = Some(stop),
+                _ => break reply,
+            }
+        };
         if features
             .split(|&b| b == b';')
             .any(|f| f == b"QStartNoAckMode+")
@@ -87,6 +109,11 @@ impl GdbClient {
             client.acks = false;
         }
         Ok(client)
+    }
+
+    /// The stop the stub reported on attach, if it reported one.
+    pub fn attach_stop(&self) -> Option<&StopReply> {
+        self.attach_stop.as_ref()
     }
 
     /// Sends `payload` and returns the stub's reply, skipping console output
@@ -125,45 +152,51 @@ impl GdbClient {
         self.stream.write_all(bytes).map_err(gone)
     }
 
-    /// `+` (true) or `-` (false), in ack mode.
+    /// `+` (true) or `-` (false), in ack mode; packets before it are queued.
     fn read_ack(&mut self) -> Result<bool> {
         let deadline = Instant::now() + REPLY_TIMEOUT;
         loop {
-            if let Some(pos) = self.unread.iter().position(|&b| b == b'+' || b == b'-') {
-                let ack = self.unread[pos] == b'+';
-                self.unread.drain(..=pos);
-                return Ok(ack);
-            }
-            if !self.fill(deadline)? {
-                return Err(VmiError::Gdb("no acknowledgement from the stub".into()));
+            match self.next_frame(deadline)? {
+                Some(Frame::Ack(ack)) => return Ok(ack),
+                Some(Frame::Packet(payload)) => self.queued.push_back(payload),
+                Some(Frame::Corrupt) => self.write_all(b"-")?,
+                None => return Err(VmiError::Gdb("no acknowledgement from the stub".into())),
             }
         }
     }
 
     /// The next packet, or `None` when `deadline` passes first.
     fn receive_until(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>> {
+        if let Some(payload) = self.queued.pop_front() {
+            return Ok(Some(payload));
+        }
         loop {
-            while !self.unread.is_empty() {
+            match self.next_frame(deadline)? {
+                Some(Frame::Packet(payload)) => return Ok(Some(payload)),
+                Some(Frame::Corrupt) if self.acks => self.write_all(b"-")?,
+                Some(Frame::Corrupt) => {
+                    return Err(VmiError::Gdb("a packet with a bad checksum".into()))
+                }
+                Some(Frame::Ack(_)) => {} // a late ack of something already settled
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next frame off the stream, acknowledging packets in ack mode.
+    fn next_frame(&mut self, deadline: Instant) -> Result<Option<Frame>> {
+        loop {
+            if !self.unread.is_empty() {
                 let (frame, used) = self
                     .decoder
                     .feed(&self.unread)
                     .map_err(|e| VmiError::Gdb(format!("malformed packet from the stub: {e:?}")))?;
                 self.unread.drain(..used);
-                match frame {
-                    Some(Frame::Packet(payload)) => {
-                        if self.acks {
-                            self.write_all(b"+")?;
-                        }
-                        return Ok(Some(payload));
+                if let Some(frame) = frame {
+                    if self.acks && matches!(frame, Frame::Packet(_)) {
+                        self.write_all(b"+")?;
                     }
-                    Some(Frame::Corrupt) => {
-                        if self.acks {
-                            self.write_all(b"-")?;
-                        } else {
-                            return Err(VmiError::Gdb("a packet with a bad checksum".into()));
-                        }
-                    }
-                    None => {}
+                    return Ok(Some(frame));
                 }
             }
             if !self.fill(deadline)? {
@@ -267,8 +300,13 @@ impl GdbClient {
             .ok_or_else(|| VmiError::Gdb(format!("thread {thread} did not stop after one step")))
     }
 
+    /// vCPU `thread`'s registers.
+    pub fn registers(&mut self, thread: &str) -> Result<Registers> {
+        parse_register_block(&self.register_block(thread)?)
+    }
+
     /// The raw `g` register block of vCPU `thread`.
-    pub fn register_block(&mut self, thread: &str) -> Result<Vec<u8>> {
+    fn register_block(&mut self, thread: &str) -> Result<Vec<u8>> {
         let selected = self.request(format!("Hg{thread}").as_bytes())?;
         if selected != b"OK" {
             return Err(VmiError::Gdb(format!(
@@ -286,6 +324,39 @@ impl GdbClient {
     }
 }
 
+/// Decodes QEMU's x86-64 `g` block (gdb's `i386:x86-64` register order): 16
+/// general registers, rip, eflags (4 bytes), six 4-byte segment selectors,
+/// then fs_base, gs_base, k_gs_base, cr0, cr2, cr3, cr4, cr8 and efer.
+pub fn parse_register_block(block: &[u8]) -> Result<Registers> {
+    const EFER_END: usize = 236;
+    if block.len() < EFER_END {
+        return Err(VmiError::Gdb(format!(
+            "a register block of {} bytes; x86-64 needs at least {EFER_END}",
+            block.len()
+        )));
+    }
+    let u64_at =
+        |offset: usize| u64::from_le_bytes(block[offset..offset + 8].try_into().expect("8 bytes"));
+    let mut gpr = [0u64; 16];
+    for (i, value) in gpr.iter_mut().enumerate() {
+        *value = u64_at(8 * i);
+    }
+    let rflags = u32::from_le_bytes(block[136..140].try_into().expect("4 bytes"));
+    Ok(Registers {
+        rip: u64_at(128),
+        rsp: gpr[7],
+        rflags: u64::from(rflags),
+        fs_base: u64_at(164),
+        gs_base: u64_at(172),
+        cr0: u64_at(188),
+        cr2: u64_at(196),
+        cr3: u64_at(204),
+        cr4: u64_at(212),
+        efer: u64_at(228),
+        gpr,
+    })
+}
+
 fn is_console_output(reply: &[u8]) -> bool {
     reply.first() == Some(&b'O') && reply != b"OK"
 }
@@ -296,5 +367,37 @@ fn gone(e: std::io::Error) -> VmiError {
             VmiError::GuestGone(format!("the gdbstub connection broke ({e})"))
         }
         _ => VmiError::io("talking to the gdbstub", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_register_block_decodes_in_gdbs_x86_64_order() {
+        let mut block = vec![0u8; 608];
+        for i in 0..16u64 {
+            block[8 * i as usize..][..8].copy_from_slice(&(0x100 + i).to_le_bytes());
+        }
+        block[128..136].copy_from_slice(&0xffff_ffff_8100_0000u64.to_le_bytes());
+        block[136..140].copy_from_slice(&0x246u32.to_le_bytes());
+        for (offset, value) in [
+            (172, 0xffff_8880_1f60_0000u64),
+            (188, 0x8005_0033),
+            (204, 0x215e000),
+            (212, 0x6b0),
+            (228, 0xd01),
+        ] {
+            block[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        let r = parse_register_block(&block).unwrap();
+        assert_eq!((r.gpr[0], r.gpr[15], r.rsp), (0x100, 0x10f, 0x107));
+        assert_eq!((r.rip, r.rflags), (0xffff_ffff_8100_0000, 0x246));
+        assert_eq!(
+            (r.gs_base, r.cr0, r.cr3, r.cr4, r.efer),
+            (0xffff_8880_1f60_0000, 0x8005_0033, 0x215e000, 0x6b0, 0xd01)
+        );
+        assert!(parse_register_block(&block[..200]).is_err());
     }
 }

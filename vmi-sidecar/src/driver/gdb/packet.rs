@@ -36,6 +36,8 @@ pub enum Frame {
     Packet(Vec<u8>),
     /// A packet whose checksum did not match (the stub resends on `-`).
     Corrupt,
+    /// An acknowledgement between packets: `+` (true) or `-` (false).
+    Ack(bool),
 }
 
 /// Longest payload accepted from a stub: QEMU's `PacketSize` is 0x1000 and
@@ -52,7 +54,7 @@ pub enum DecodeError {
 }
 
 /// Incremental decoder: feed it bytes as they arrive, take frames out.
-/// Acks (`+`, `-`) and anything outside a packet are skipped.
+/// Anything outside a packet other than an ack is skipped.
 #[derive(Default)]
 pub struct Decoder {
     state: State,
@@ -75,12 +77,14 @@ impl Decoder {
     pub fn feed(&mut self, data: &[u8]) -> Result<(Option<Frame>, usize), DecodeError> {
         for (i, &b) in data.iter().enumerate() {
             match self.state {
-                State::Between => {
-                    if b == b'$' {
+                State::Between => match b {
+                    b'$' => {
                         self.state = State::Body;
                         self.body.clear();
                     }
-                }
+                    b'+' | b'-' => return Ok((Some(Frame::Ack(b == b'+')), i + 1)),
+                    _ => {}
+                },
                 State::Body => {
                     if b == b'#' {
                         self.state = State::Checksum;
@@ -178,8 +182,8 @@ mod tests {
     }
 
     #[test]
-    fn acks_and_noise_between_packets_are_skipped_and_split_reads_join() {
-        let stream = [b"+++$OK#9a+garbage".as_slice(), &encode(b"T05thread:01;")].concat();
+    fn acks_are_frames_of_their_own_noise_is_skipped_and_split_reads_join() {
+        let stream = [b"+$OK#9a-garbage".as_slice(), &encode(b"T05thread:01;")].concat();
         let mut decoder = Decoder::default();
         let mut frames = Vec::new();
         for byte in stream.chunks(1) {
@@ -190,7 +194,9 @@ mod tests {
         assert_eq!(
             frames,
             [
+                Frame::Ack(true),
                 Frame::Packet(b"OK".to_vec()),
+                Frame::Ack(false),
                 Frame::Packet(b"T05thread:01;".to_vec())
             ]
         );
