@@ -7,7 +7,9 @@
 
 use furnace_api::{Symbol, Translation};
 use furnace_tests::*;
-use furnace_vmi::driver::gdb::{BreakpointKind, GdbClient, StopReason};
+use furnace_vmi::driver::gdb::{
+    breakpoint_capabilities, Accelerator, BreakpointKind, GdbClient, StopReason,
+};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{PhysicalMemory, RunState, VcpuRegisters, VmControl};
 use std::time::Duration;
@@ -50,6 +52,17 @@ fn a_breakpoint_at_openat_stops_the_guest_on_its_own_opens_and_leaves_memory_alo
     let qemu = QemuGuest::attach(&guest.dir).unwrap();
     let (address, physical) = openat(&guest);
     let before = bytes_at(&qemu, physical);
+    let accelerator = qemu.accelerator().unwrap();
+    assert_eq!(
+        accelerator,
+        Accelerator::Tcg,
+        "the test guest runs under TCG"
+    );
+    let [software, _] = breakpoint_capabilities(accelerator);
+    assert!(
+        !software.visible_to_guest,
+        "the report this test checks against memory"
+    );
 
     let mut gdb = GdbClient::connect(&guest.dir.join("gdb.sock")).unwrap();
     assert!(

@@ -8,6 +8,7 @@
 //! CLI beside a sidecar, a test pausing the guest) waits milliseconds, not
 //! forever. A connection costs well under a millisecond.
 
+use super::gdb::Accelerator;
 use super::qmp::QmpClient;
 use super::{
     Driver, MappedRam, RamBacked, RamRegion, Registers, RunState, VcpuRegisters, VmControl,
@@ -70,6 +71,16 @@ impl QemuGuest {
     /// Runs a QMP command on the guest's monitor.
     pub fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
         self.with_qmp(|qmp| qmp.execute(command, arguments))
+    }
+
+    /// Whether the guest runs under KVM or QEMU's translator (QMP `query-kvm`).
+    pub fn accelerator(&self) -> Result<Accelerator> {
+        let kvm = self.qmp_execute("query-kvm", None)?;
+        match kvm.get("enabled").and_then(Value::as_bool) {
+            Some(true) => Ok(Accelerator::Kvm),
+            Some(false) => Ok(Accelerator::Tcg),
+            None => Err(VmiError::Qmp(format!("query-kvm: no `enabled` in {kvm}"))),
+        }
     }
 
     fn with_qmp<T>(&self, f: impl FnOnce(&mut QmpClient) -> Result<T>) -> Result<T> {

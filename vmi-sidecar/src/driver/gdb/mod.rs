@@ -47,6 +47,49 @@ impl BreakpointKind {
     }
 }
 
+/// How the guest's vCPUs run, which decides what a breakpoint costs and shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// QEMU's translator: breakpoints are checks in translated code.
+    Tcg,
+    /// Hardware virtualization: software breakpoints are `int3` bytes.
+    Kvm,
+}
+
+/// What one kind of breakpoint offers on this guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakpointCapability {
+    pub kind: BreakpointKind,
+    /// How many may be set at once; `None` when only memory bounds it.
+    pub limit: Option<u32>,
+    /// Whether the guest could see it by reading its own memory.
+    pub visible_to_guest: bool,
+}
+
+/// x86 has four debug-address registers (DR0-DR3).
+const X86_DEBUG_REGISTERS: u32 = 4;
+
+/// The breakpoints QEMU's gdbstub offers under `accelerator`.
+pub fn breakpoint_capabilities(accelerator: Accelerator) -> [BreakpointCapability; 2] {
+    let (software_visible, hardware_limit) = match accelerator {
+        // Both kinds become translator breakpoints (`cpu_breakpoint_insert`).
+        Accelerator::Tcg => (false, None),
+        Accelerator::Kvm => (true, Some(X86_DEBUG_REGISTERS)),
+    };
+    [
+        BreakpointCapability {
+            kind: BreakpointKind::Software,
+            limit: None,
+            visible_to_guest: software_visible,
+        },
+        BreakpointCapability {
+            kind: BreakpointKind::Hardware,
+            limit: hardware_limit,
+            visible_to_guest: false,
+        },
+    ]
+}
+
 pub struct GdbClient {
     stream: UnixStream,
     decoder: Decoder,
@@ -373,6 +416,18 @@ fn gone(e: std::io::Error) -> VmiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcg_breakpoints_are_unlimited_and_invisible_kvm_ones_are_not_both() {
+        let tcg = breakpoint_capabilities(Accelerator::Tcg);
+        assert!(tcg.iter().all(|c| c.limit.is_none() && !c.visible_to_guest));
+        let [software, hardware] = breakpoint_capabilities(Accelerator::Kvm);
+        assert_eq!((software.limit, software.visible_to_guest), (None, true));
+        assert_eq!(
+            (hardware.limit, hardware.visible_to_guest),
+            (Some(4), false)
+        );
+    }
 
     #[test]
     fn the_register_block_decodes_in_gdbs_x86_64_order() {
