@@ -80,13 +80,20 @@ start_sidecar() {
     "$bin/furnace-vmi-sidecar" --guest "$guest" --guest-dir "$guest_dir" >"$log_dir/sidecar.log" 2>&1 &
     sidecar_pid=$!
     echo "$sidecar_pid" >"$work/sidecar.pid"
-    local i
+    wait_answer "the sidecar" "$sidecar_pid" "$log_dir/sidecar.log" "$furnace" sidecar --guest "$guest" health
+}
+
+# wait_answer WHAT PID LOG COMMAND...: until COMMAND succeeds (printing its
+# answer), for at most 10 s, or until process PID (which logs to LOG) exits.
+wait_answer() {
+    local what=$1 pid=$2 log=$3 i
+    shift 3
     for i in $(seq 100); do
-        "$furnace" sidecar --guest "$guest" health >/dev/null 2>&1 && { "$furnace" sidecar --guest "$guest" health; return; }
-        kill -0 "$sidecar_pid" 2>/dev/null || { echo "the sidecar exited; see $log_dir/sidecar.log"; return 1; }
+        "$@" >/dev/null 2>&1 && { "$@"; return; }
+        kill -0 "$pid" 2>/dev/null || { echo "$what exited; see $log"; return 1; }
         sleep 0.1
     done
-    echo "the sidecar did not answer within 10 s; see $log_dir/sidecar.log"
+    echo "$what did not answer within 10 s; see $log"
     return 1
 }
 
@@ -119,14 +126,7 @@ EOF
     PATH=$shim_dir:$bin:$PATH containerd --config "$work/config.toml" >"$log_dir/containerd.log" 2>&1 &
     containerd_pid=$!
     echo "$containerd_pid" >"$work/containerd.pid"
-    local i
-    for i in $(seq 100); do
-        ctr --address "$containerd_address" version >/dev/null 2>&1 && { ctr --address "$containerd_address" version; return; }
-        kill -0 "$containerd_pid" 2>/dev/null || { echo "containerd exited; see $log_dir/containerd.log"; return 1; }
-        sleep 0.1
-    done
-    echo "containerd did not answer within 10 s; see $log_dir/containerd.log"
-    return 1
+    wait_answer containerd "$containerd_pid" "$log_dir/containerd.log" ctr --address "$containerd_address" version
 }
 
 run_app() {

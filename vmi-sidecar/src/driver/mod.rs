@@ -13,6 +13,24 @@ pub use ram::{MappedRam, RamRegion};
 
 use crate::error::{Result, VmiError};
 
+/// Connects to one of QEMU's sockets in the guest directory (`name` for
+/// messages: "QMP", "gdb"). Nothing listening means QEMU is gone:
+/// [`VmiError::GuestGone`].
+fn connect_qemu_socket(
+    path: &std::path::Path,
+    name: &str,
+) -> Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+            VmiError::GuestGone(format!(
+                "nothing answers on the {name} socket {} ({e}); is QEMU still running?",
+                path.display()
+            ))
+        }
+        _ => VmiError::io(format!("connecting to {name} at {}", path.display()), e),
+    })
+}
+
 /// Guest-physical memory.
 pub trait PhysicalMemory: Send + Sync {
     /// One past the highest guest-physical address backed by memory.

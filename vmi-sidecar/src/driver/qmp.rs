@@ -24,15 +24,7 @@ impl QmpClient {
     /// Connects and negotiates capabilities. A socket nobody listens on (QEMU
     /// died and left it behind) is reported as [`VmiError::GuestGone`].
     pub fn connect(path: &Path) -> Result<Self> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
-                VmiError::GuestGone(format!(
-                    "nothing answers on the QMP socket {} ({e}); is QEMU still running?",
-                    path.display()
-                ))
-            }
-            _ => VmiError::io(format!("connecting to QMP at {}", path.display()), e),
-        })?;
+        let stream = super::connect_qemu_socket(path, "QMP")?;
         stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))

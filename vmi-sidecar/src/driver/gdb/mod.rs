@@ -110,18 +110,7 @@ impl GdbClient {
     /// unasked, ahead of any reply ([`GdbClient::attach_stop`]); the guest
     /// stays stopped until [`GdbClient::resume`].
     pub fn connect(path: &Path) -> Result<Self> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
-                VmiError::GuestGone(format!(
-                    "nothing answers on the gdb socket {} ({e}); is QEMU still running?",
-                    path.display()
-                ))
-            }
-            _ => VmiError::io(
-                format!("connecting to the gdbstub at {}", path.display()),
-                e,
-            ),
-        })?;
+        let stream = super::connect_qemu_socket(path, "gdb")?;
         stream
             .set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| VmiError::io("setting gdb socket timeouts", e))?;
