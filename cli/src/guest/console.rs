@@ -84,6 +84,14 @@ pub fn processes(dir: &Path, timeout: Duration) -> Result<Vec<GuestProcess>> {
     parse_ps(&request_block(dir, "ps", "FURNACE-PS", timeout)?)
 }
 
+/// Like [`processes`], with the pid the guest's own `ps` ran as: ground
+/// truth for whatever watched that `ps` from outside.
+pub fn processes_and_ps_pid(dir: &Path, timeout: Duration) -> Result<(Vec<GuestProcess>, u32)> {
+    let block = request_block(dir, "ps", "FURNACE-PS", timeout)?;
+    let pid = ps_pid(&block).context("the guest's ps block has no FURNACE-PS-SELF line")?;
+    Ok((parse_ps(&block)?, pid))
+}
+
 /// The process list the workload printed at boot.
 pub fn boot_processes(dir: &Path) -> Result<Vec<GuestProcess>> {
     parse_ps(&wait_block(
@@ -121,11 +129,15 @@ fn parse_kallsyms(line: &str) -> Result<Vec<(String, u64)>> {
         .collect()
 }
 
-fn parse_ps(block: &str) -> Result<Vec<GuestProcess>> {
-    let own_pid: Option<u32> = block
+fn ps_pid(block: &str) -> Option<u32> {
+    block
         .lines()
         .find_map(|l| l.strip_prefix("FURNACE-PS-SELF "))
-        .and_then(|p| p.trim().parse().ok());
+        .and_then(|p| p.trim().parse().ok())
+}
+
+fn parse_ps(block: &str) -> Result<Vec<GuestProcess>> {
+    let own_pid = ps_pid(block);
     let mut processes = Vec::new();
     for line in block.lines() {
         let mut words = line.split_whitespace();

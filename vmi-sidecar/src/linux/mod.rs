@@ -4,6 +4,7 @@
 mod kaslr;
 mod layout;
 mod scan;
+pub mod syscall;
 mod walk;
 
 pub use kaslr::{KernelLocation, START_KERNEL_MAP};
@@ -118,6 +119,26 @@ impl LinuxKernel {
             done += n;
         }
         Ok(())
+    }
+
+    /// Up to `max` bytes at `address` in the address space of `dtb`,
+    /// stopping at the first NUL; read page by page, so a string that ends
+    /// just before an unmapped page still reads.
+    pub fn read_cstring(&self, dtb: u64, address: u64, max: usize) -> Result<String> {
+        let mut out = Vec::new();
+        let mut cursor = address;
+        while out.len() < max {
+            let in_page = (PAGE_SIZE - (cursor & (PAGE_SIZE - 1))) as usize;
+            let mut chunk = vec![0u8; in_page.min(max - out.len())];
+            self.read_virtual(dtb, cursor, &mut chunk)?;
+            if let Some(end) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                break;
+            }
+            cursor = cursor.wrapping_add(chunk.len() as u64);
+            out.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     pub fn read_kernel(&self, address: u64, buf: &mut [u8]) -> Result<()> {

@@ -53,12 +53,7 @@ pub fn execute(kernel: &LinuxKernel, limits: &Limits, op: &Op) -> OpResult<CallR
         }
         Op::ReadString(r) => {
             let max = sized_buffer(limits, r.max_length)?.len();
-            Value::Text(read_string(
-                kernel,
-                dtb(kernel, r.space.as_ref())?,
-                r.address,
-                max,
-            )?)
+            Value::Text(kernel.read_cstring(dtb(kernel, r.space.as_ref())?, r.address, max)?)
         }
         Op::TranslateKernel(r) => Value::Translation(translation(
             r.address,
@@ -104,25 +99,6 @@ pub fn dtb(kernel: &LinuxKernel, space: Option<&AddressSpace>) -> OpResult<u64> 
         0 => Ok(kernel.kernel_dtb()),
         pid => Ok(kernel.process_dtb(pid)?),
     }
-}
-
-/// Reads up to `max` bytes, stopping at the first NUL, page by page so a
-/// string ending just before an unmapped page still reads.
-fn read_string(kernel: &LinuxKernel, dtb: u64, address: u64, max: usize) -> OpResult<String> {
-    let mut out = Vec::new();
-    let mut cursor = address;
-    while out.len() < max {
-        let in_page = (4096 - (cursor & 4095)) as usize;
-        let mut chunk = vec![0u8; in_page.min(max - out.len())];
-        kernel.read_virtual(dtb, cursor, &mut chunk)?;
-        if let Some(end) = chunk.iter().position(|&b| b == 0) {
-            out.extend_from_slice(&chunk[..end]);
-            break;
-        }
-        cursor = cursor.wrapping_add(chunk.len() as u64);
-        out.extend_from_slice(&chunk);
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 fn translation(address: u64, t: crate::arch::amd64::Translation) -> Translation {
