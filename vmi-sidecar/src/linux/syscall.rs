@@ -56,7 +56,7 @@ impl LinuxKernel {
                 regs("r8")?,
                 regs("r9")?,
             ],
-            current_task: p.symbol("current_task")?,
+            current_task: current_task_offset(p)?,
         })
     }
 
@@ -79,9 +79,9 @@ impl LinuxKernel {
         let cred = self.read_kernel_u64(task + l.task_real_cred)?;
         Ok(SyscallEnter {
             number,
-            name: u32::try_from(number)
+            name: usize::try_from(number)
                 .ok()
-                .and_then(|n| syscalls::Sysno::new(n as usize))
+                .and_then(syscalls::Sysno::new)
                 .map(|s| s.name()),
             arguments,
             pid: self.read_kernel_u32(task + l.task_tgid)?,
@@ -90,6 +90,15 @@ impl LinuxKernel {
             uid: self.read_kernel_u32(cred + l.cred_uid)?,
             dtb: vcpu.cr3 & CR3_FRAME,
         })
+    }
+}
+
+/// The per-cpu offset of the running task: the `current_task` variable up to
+/// Linux 6.1, a member of `pcpu_hot` from 6.2 on.
+fn current_task_offset(p: &crate::profile::Profile) -> Result<u64> {
+    match p.symbol("current_task") {
+        Ok(offset) => Ok(offset),
+        Err(_) => Ok(p.symbol("pcpu_hot")? + p.member_offset("pcpu_hot", "current_task")?),
     }
 }
 
