@@ -43,16 +43,17 @@ const BETWEEN_ROUNDS: Duration = Duration::from_millis(200);
 
 #[derive(Serialize)]
 struct Report {
-    /// Processes on the task list and in the pid idr, in the last look.
-    task_list: usize,
-    pid_idr: usize,
+    /// The last look, its findings narrowed to those every look had.
+    #[serde(flatten)]
+    look: Look,
     /// Whether the guest was paused for the look (one round), or the looks repeated.
     paused: bool,
     rounds: u32,
-    findings: Vec<Finding>,
 }
 
+#[derive(Serialize)]
 struct Look {
+    /// Processes on the task list and in the pid idr.
     task_list: usize,
     pid_idr: usize,
     findings: Vec<Finding>,
@@ -90,11 +91,9 @@ fn detect(args: &Args) -> Result<Report, String> {
     let layout = Layout::of(&vmi).map_err(|e| format!("the guest's profile: {e}"))?;
     if let Some(look) = paused_look(&vmi, &layout)? {
         return Ok(Report {
-            task_list: look.task_list,
-            pid_idr: look.pid_idr,
+            look,
             paused: true,
             rounds: 1,
-            findings: look.findings,
         });
     }
     let mut last = look(&vmi, &layout)?;
@@ -114,11 +113,9 @@ fn detect(args: &Args) -> Result<Report, String> {
         rounds += 1;
     }
     Ok(Report {
-        task_list: last.task_list,
-        pid_idr: last.pid_idr,
+        look: last,
         paused: false,
         rounds,
-        findings: last.findings,
     })
 }
 
@@ -130,12 +127,12 @@ fn text(report: &Report) -> String {
     };
     let mut out = format!(
         "{} processes on the task list, {} in the pid idr ({how})\n",
-        report.task_list, report.pid_idr
+        report.look.task_list, report.look.pid_idr
     );
-    if report.findings.is_empty() {
+    if report.look.findings.is_empty() {
         out += "no hidden processes\n";
     }
-    for f in &report.findings {
+    for f in &report.look.findings {
         let view = match f.missing_from {
             views::MissingFrom::TaskList => "the task list",
             views::MissingFrom::PidIdr => "the pid idr",
@@ -168,7 +165,7 @@ fn main() -> ExitCode {
     } else {
         print!("{}", text(&report));
     }
-    if report.findings.is_empty() {
+    if report.look.findings.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
