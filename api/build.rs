@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/furnace/vmi/v1/types.proto",
+        "proto/furnace/vmi/v1/events.proto",
         "proto/furnace/vmi/v1/vmi.proto",
         "proto/furnace/vmi/v1/admin.proto",
         "proto/furnace/ttrpc/v1/ttrpc.proto",

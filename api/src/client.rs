@@ -155,7 +155,7 @@ fn length_delimited(buf: &[u8], tag: u8) -> Option<&[u8]> {
 }
 
 /// A client of one ttrpc service on one socket.
-struct ServiceClient {
+pub(crate) struct ServiceClient {
     service: &'static str,
     connection: Mutex<Connection>,
 }
@@ -168,7 +168,7 @@ impl ServiceClient {
         })
     }
 
-    fn call<Q: Message, A: Message + Default>(&self, method: &str, request: &Q) -> Result<A> {
+    pub(crate) fn call<Q: Message, A: Message + Default>(&self, method: &str, request: &Q) -> Result<A> {
         self.call_with(method, request, |payload| {
             A::decode(payload).map_err(|e| undecodable(method, e))
         })
@@ -211,7 +211,7 @@ impl ServiceClient {
 
 /// A tenant app's view of its guest.
 pub struct Vmi {
-    client: ServiceClient,
+    pub(crate) client: ServiceClient,
 }
 
 fn kernel() -> Option<v1::AddressSpace> {

@@ -15,10 +15,12 @@ pub mod ttrpc {
 
 pub mod client;
 pub mod error;
+pub mod events;
 pub mod table;
 pub mod wire;
 
 pub use client::{Admin, Batch, CallRef, Vmi};
+pub use events::{Delivery, EventStream};
 pub use error::ApiError;
 pub use v1::{ErrorCode, Module, Process, Symbol, Translation};
 

@@ -123,4 +123,9 @@ pub trait Driver: PhysicalMemory {
     fn vcpu_registers(&self) -> Option<&dyn VcpuRegisters> {
         None
     }
+
+    /// The guest's gdbstub socket, which breakpoint events need.
+    fn debugger_socket(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }

@@ -157,6 +157,10 @@ impl Driver for QemuGuest {
     fn vcpu_registers(&self) -> Option<&dyn VcpuRegisters> {
         Some(self)
     }
+
+    fn debugger_socket(&self) -> Option<std::path::PathBuf> {
+        Some(self.dir.join("gdb.sock"))
+    }
 }
 
 /// Reads the RAM regions of `backend` from `info mtree -f`: the flat view

@@ -1,8 +1,10 @@
 //! Linux semantics over a driver: KASLR located at attach, kernel symbols,
 //! virtual memory of the kernel and of each process, processes and modules.
 
+pub mod current;
 mod kaslr;
 mod layout;
+pub mod lifecycle;
 mod scan;
 pub mod syscall;
 mod walk;

@@ -1,22 +1,36 @@
-//! A system call as the kernel receives it. At the entry of
-//! `do_syscall_64(struct pt_regs *regs, int nr)` the vCPU's `rdi` points at
-//! the user registers the syscall instruction saved, `gs_base` at the CPU's
-//! per-cpu area, and the per-cpu `current_task` names the caller.
+//! A system call as the kernel receives it and as it returns. At the entry of
+//! `do_syscall_64(struct pt_regs *regs, int nr)`, and of
+//! `syscall_exit_to_user_mode(struct pt_regs *regs)` on the way back, the
+//! vCPU's `rdi` points at the user registers the syscall instruction saved.
+//! The caller is the per-cpu current task ([`super::current`]).
 
+use super::current::{current_task_offset, Caller};
 use super::LinuxKernel;
 use crate::driver::Registers;
 use crate::error::{Result, VmiError};
 
-/// Where `do_syscall_64`'s inputs live, from the profile.
+/// Where the syscall hooks' inputs live, from the profile.
 #[derive(Debug, Clone, Copy)]
 pub struct SyscallLayout {
     /// `do_syscall_64`'s address in the running kernel (KASLR applied).
     pub entry: u64,
+    /// `syscall_exit_to_user_mode`'s, where the return value is in `pt_regs.ax`.
+    pub exit: Option<u64>,
     orig_ax: u64,
+    ax: u64,
     /// `pt_regs.di`, `si`, `dx`, `r10`, `r8`, `r9`: the x86-64 syscall argument registers.
     arguments: [u64; 6],
-    /// `current_task`'s offset in the per-cpu area (per-cpu symbols are not relocated).
     current_task: u64,
+    metadata: Option<MetadataLayout>,
+}
+
+/// `struct syscall_metadata` (kernel/trace, with CONFIG_FTRACE_SYSCALLS): the
+/// kernel's own names and C types of each call's arguments.
+#[derive(Debug, Clone, Copy)]
+struct MetadataLayout {
+    nb_args: u64,
+    types: u64,
+    args: u64,
 }
 
 /// One syscall entry, with who made it.
@@ -26,28 +40,54 @@ pub struct SyscallEnter {
     /// The x86-64 name, e.g. `openat`; `None` for a number Linux does not define.
     pub name: Option<&'static str>,
     pub arguments: [u64; 6],
-    /// The thread-group id (what `ps` calls the pid) and the thread's own id.
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub uid: u32,
-    /// The page-table root the call was made under, for reading its pointers.
-    pub dtb: u64,
+    pub caller: Caller,
 }
 
-const TASK_COMM_LEN: usize = 16;
+/// One syscall return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyscallExit {
+    pub number: u64,
+    pub name: Option<&'static str>,
+    /// What the call returns: a negative errno on failure.
+    pub value: i64,
+    pub caller: Caller,
+}
+
+/// A call's arguments as the kernel declares them, e.g. openat's
+/// `int dfd, const char __user * filename, int flags, umode_t mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// (C type, name) per argument.
+    pub arguments: Vec<(String, String)>,
+}
+
+impl Signature {
+    /// Whether argument `index` is a string the caller passes in (a path or
+    /// a name), which is worth reading from its memory.
+    pub fn is_input_string(&self, index: usize) -> bool {
+        self.arguments.get(index).is_some_and(|(ty, name)| {
+            ty.starts_with("const char")
+                && ty.ends_with('*')
+                && (name.contains("name") || name.contains("path"))
+        })
+    }
+}
+
 /// `PATH_MAX`, counting the terminating NUL.
 pub const PATH_MAX: usize = 4096;
-/// CR3 bits 12-51 are the page-table root; the rest are PCID and flags.
-const CR3_FRAME: u64 = 0x000f_ffff_ffff_f000;
+/// The longest argument name or type read from the kernel's metadata.
+const METADATA_STRING_MAX: usize = 128;
 
 impl LinuxKernel {
     pub fn syscall_layout(&self) -> Result<SyscallLayout> {
         let p = self.profile();
         let regs = |member| p.member_offset("pt_regs", member);
+        let metadata = |member| p.member_offset("syscall_metadata", member);
         Ok(SyscallLayout {
             entry: self.symbol_address("do_syscall_64")?,
+            exit: self.symbol_address("syscall_exit_to_user_mode").ok(),
             orig_ax: regs("orig_ax")?,
+            ax: regs("ax")?,
             arguments: [
                 regs("di")?,
                 regs("si")?,
@@ -57,52 +97,99 @@ impl LinuxKernel {
                 regs("r9")?,
             ],
             current_task: current_task_offset(p)?,
+            metadata: (|| {
+                Ok::<_, VmiError>(MetadataLayout {
+                    nb_args: metadata("nb_args")?,
+                    types: metadata("types")?,
+                    args: metadata("args")?,
+                })
+            })()
+            .ok(),
         })
     }
 
     /// Decodes the syscall a vCPU stopped at `do_syscall_64` is entering.
     pub fn syscall_enter(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallEnter> {
-        if vcpu.rip != layout.entry {
-            return Err(VmiError::InvalidArgument(format!(
-                "the vCPU is at {:#x}, not at do_syscall_64 ({:#x})",
-                vcpu.rip, layout.entry
-            )));
-        }
+        expect_at(vcpu, layout.entry, "do_syscall_64")?;
         let pt_regs = vcpu.gpr[5]; // rdi
         let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;
         let mut arguments = [0u64; 6];
         for (value, offset) in arguments.iter_mut().zip(layout.arguments) {
             *value = self.read_kernel_u64(pt_regs + offset)?;
         }
-        let task = self.read_kernel_u64(vcpu.gs_base + layout.current_task)?;
-        let l = &self.layout;
-        let cred = self.read_kernel_u64(task + l.task_real_cred)?;
         Ok(SyscallEnter {
             number,
-            name: usize::try_from(number)
-                .ok()
-                .and_then(syscalls::Sysno::new)
-                .map(|s| s.name()),
+            name: syscall_name(number),
             arguments,
-            pid: self.read_kernel_u32(task + l.task_tgid)?,
-            tid: self.read_kernel_u32(task + l.task_pid)?,
-            comm: self.read_kernel_cstring(task + l.task_comm, TASK_COMM_LEN)?,
-            uid: self.read_kernel_u32(cred + l.cred_uid)?,
-            dtb: vcpu.cr3 & CR3_FRAME,
+            caller: self.caller(self.current_task(layout.current_task, vcpu)?, vcpu)?,
         })
+    }
+
+    /// Decodes the return a vCPU stopped at `syscall_exit_to_user_mode` is making.
+    pub fn syscall_exit(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallExit> {
+        let exit = layout
+            .exit
+            .ok_or(VmiError::Unsupported("syscall exits (no syscall_exit_to_user_mode)"))?;
+        expect_at(vcpu, exit, "syscall_exit_to_user_mode")?;
+        let pt_regs = vcpu.gpr[5];
+        let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;
+        Ok(SyscallExit {
+            number,
+            name: syscall_name(number),
+            value: self.read_kernel_u64(pt_regs + layout.ax)? as i64,
+            caller: self.caller(self.current_task(layout.current_task, vcpu)?, vcpu)?,
+        })
+    }
+
+    /// The kernel's own declaration of syscall `name`, from its
+    /// `__syscall_meta__<name>`; `None` where the kernel has none.
+    pub fn syscall_signature(&self, layout: &SyscallLayout, name: &str) -> Option<Signature> {
+        let m = layout.metadata?;
+        let meta = self
+            .symbol_address(&format!("__syscall_meta__{name}"))
+            .ok()?;
+        let count = self.read_kernel_u32(meta + m.nb_args).ok()? as usize;
+        if count > 6 {
+            return None;
+        }
+        let types = self.read_kernel_u64(meta + m.types).ok()?;
+        let names = self.read_kernel_u64(meta + m.args).ok()?;
+        let string_at = |array: u64, i: usize| -> Option<String> {
+            let pointer = self.read_kernel_u64(array + 8 * i as u64).ok()?;
+            self.read_kernel_cstring(pointer, METADATA_STRING_MAX).ok()
+        };
+        let arguments = (0..count)
+            .map(|i| Some((string_at(types, i)?, string_at(names, i)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Signature { arguments })
     }
 }
 
-/// The per-cpu offset of the running task: the `current_task` variable up to
-/// Linux 6.1, a member of `pcpu_hot` from 6.2 on.
-fn current_task_offset(p: &crate::profile::Profile) -> Result<u64> {
-    match p.symbol("current_task") {
-        Ok(offset) => Ok(offset),
-        Err(_) => Ok(p.symbol("pcpu_hot")? + p.member_offset("pcpu_hot", "current_task")?),
+fn expect_at(vcpu: &Registers, address: u64, function: &str) -> Result<()> {
+    if vcpu.rip == address {
+        return Ok(());
     }
+    Err(VmiError::InvalidArgument(format!(
+        "the vCPU is at {:#x}, not at {function} ({address:#x})",
+        vcpu.rip
+    )))
+}
+
+/// The x86-64 name of syscall `number`.
+pub fn syscall_name(number: u64) -> Option<&'static str> {
+    usize::try_from(number)
+        .ok()
+        .and_then(syscalls::Sysno::new)
+        .map(|s| s.name())
+}
+
+/// The x86-64 number of syscall `name`.
+pub fn syscall_number(name: &str) -> Option<u64> {
+    name.parse::<syscalls::Sysno>().ok().map(|s| s.id() as u64)
 }
 
 /// Which argument of syscall `name` is a path, for the ones that take one.
+/// Used where the kernel carries no syscall metadata.
 pub fn path_argument(name: &str) -> Option<usize> {
     match name {
         "open" | "creat" | "stat" | "lstat" | "access" | "chdir" | "mkdir" | "rmdir" | "unlink"
@@ -126,7 +213,31 @@ mod tests {
         assert_eq!(path_argument("openat"), Some(1));
         assert_eq!(path_argument("execve"), Some(0));
         assert_eq!(path_argument("read"), None);
-        assert_eq!(syscalls::Sysno::new(257).map(|s| s.name()), Some("openat"));
-        assert_eq!(syscalls::Sysno::new(59).map(|s| s.name()), Some("execve"));
+        assert_eq!(syscall_name(257), Some("openat"));
+        assert_eq!(syscall_name(59), Some("execve"));
+        assert_eq!(syscall_name(100_000), None);
+        assert_eq!(syscall_number("openat"), Some(257));
+        assert_eq!(syscall_number("no_such_call"), None);
+    }
+
+    #[test]
+    fn input_strings_are_const_char_pointers_named_as_paths_or_names() {
+        let openat = Signature {
+            arguments: [
+                ("int", "dfd"),
+                ("const char __user *", "filename"),
+                ("int", "flags"),
+                ("umode_t", "mode"),
+            ]
+            .map(|(t, n)| (t.to_owned(), n.to_owned()))
+            .to_vec(),
+        };
+        assert!(openat.is_input_string(1));
+        assert!(!openat.is_input_string(0));
+        assert!(!openat.is_input_string(9));
+        let write = Signature {
+            arguments: vec![("const char __user *".into(), "buf".into())],
+        };
+        assert!(!write.is_input_string(0), "a write buffer is not a string");
     }
 }

@@ -135,7 +135,8 @@ impl Sidecar {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         let released = self.leases.release_where(|h| h.app == id);
-        tracing::info!(app = %id, released_leases = released, "unregistered");
+        let subscriptions = self.events.remove_where(|o| o.app == id);
+        tracing::info!(app = %id, released_leases = released, subscriptions, "unregistered");
         Ok(v1::UnregisterResponse {
             released_pause: released > 0,
         })
@@ -151,6 +152,7 @@ impl Sidecar {
                 socket_path: app.socket.display().to_string(),
                 connections: app.connections().len() as u32,
                 leases: self.leases.count_where(|h| h.app == app.id) as u32,
+                subscriptions: self.events.subscription_count(&app.id) as u32,
             })
             .collect()
     }
@@ -164,6 +166,7 @@ impl Sidecar {
             Some(Err(e)) => format!("unknown: {e}"),
             None => "snapshot".to_owned(),
         };
+        let (event_breakpoints, debugger_attached) = self.events.debugger_status();
         v1::HealthResponse {
             guest: self.guest.clone(),
             run_state,
@@ -172,6 +175,8 @@ impl Sidecar {
                 .banner()
                 .unwrap_or_else(|e| format!("unreadable: {e}")),
             apps: self.apps.ids().len() as u32,
+            event_breakpoints,
+            debugger_attached,
         }
     }
 }

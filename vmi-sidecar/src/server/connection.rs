@@ -86,6 +86,10 @@ pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
     if released > 0 {
         tracing::info!(app = %app.id, released, "connection closed; its pause leases ended");
     }
+    let ended = sidecar.events.remove_where(|o| o.connection == id);
+    if ended > 0 {
+        tracing::info!(app = %app.id, ended, "connection closed; its event subscriptions ended");
+    }
 }
 
 fn unknown(service: &str, method: &str) -> ApiError {

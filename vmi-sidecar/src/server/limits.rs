@@ -15,8 +15,17 @@ pub struct Limits {
     pub max_in_flight: u32,
     /// Connections one app may hold open.
     pub max_connections: u32,
-    /// The longest pause lease granted.
+    /// The longest pause lease granted; also how long a sync event may hold the guest.
     pub max_pause_ms: u32,
+    /// Undelivered events a subscription keeps when it asks for no particular number.
+    pub default_event_queue: u32,
+    /// The most undelivered events a subscription may keep.
+    pub max_event_queue: u32,
+    /// Events per second one app may receive over all its subscriptions;
+    /// the rest are dropped and counted.
+    pub max_events_per_second: u32,
+    /// Event subscriptions one app may hold.
+    pub max_subscriptions: u32,
 }
 
 impl Default for Limits {
@@ -27,6 +36,10 @@ impl Default for Limits {
             max_in_flight: 8,
             max_connections: 16,
             max_pause_ms: 10_000,
+            default_event_queue: 1024,
+            max_event_queue: 65_536,
+            max_events_per_second: 20_000,
+            max_subscriptions: 64,
         }
     }
 }

@@ -6,6 +6,7 @@ mod admin;
 mod apps;
 mod batch;
 mod connection;
+mod events;
 mod lease;
 mod limits;
 mod ops;
@@ -17,6 +18,7 @@ pub use limits::Limits;
 
 use crate::linux::LinuxKernel;
 use apps::Registry;
+use events::Events;
 use lease::Leases;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +34,7 @@ pub struct Sidecar {
     dir: PathBuf,
     apps: Registry,
     leases: Arc<Leases>,
+    events: Events,
     next_connection: AtomicU64,
     stopping: AtomicBool,
     /// Set by the watchdog once QEMU is gone; every call then fails with GUEST_GONE
@@ -53,6 +56,8 @@ impl Sidecar {
     ) -> io::Result<Arc<Self>> {
         let kernel = Arc::new(kernel);
         let control = Arc::new(apps::KernelControl(Arc::clone(&kernel)));
+        let debugger = kernel.driver().debugger_socket();
+        let events = Events::start(Arc::clone(&kernel), control, debugger, &limits)?;
         // Traverse-only for everyone: an app's runtime bind-mounts its socket
         // from inside the app's user namespace, as the app's host uid, which
         // must reach `apps/<id>.sock` by path. Nobody else can list the
@@ -67,7 +72,8 @@ impl Sidecar {
             limits,
             dir: dir.to_owned(),
             apps: Registry::default(),
-            leases: Leases::start(control),
+            leases: Leases::start(events.gate()),
+            events,
             next_connection: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             guest_gone: AtomicBool::new(false),
@@ -130,6 +136,7 @@ impl Sidecar {
             let _ = self.unregister(&id);
         }
         self.leases.stop();
+        self.events.stop();
         wake_accept(&self.admin_socket());
         let _ = std::fs::remove_file(self.admin_socket());
     }

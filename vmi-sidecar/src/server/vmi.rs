@@ -4,6 +4,7 @@ use super::apps::App;
 use super::lease::Holder;
 use super::ops::{check_read_size, execute, invalid, OpResult};
 use super::reply::Reply;
+use super::events::{registers_message, Owner};
 use super::{batch, Sidecar};
 use furnace_api::v1::{self, call::Op, call_result::Value, Permission};
 use furnace_api::{ApiError, ErrorCode};
@@ -119,7 +120,7 @@ impl Sidecar {
             "GetRegisters" => {
                 need(Permission::Read)?;
                 let r: v1::RegistersRequest = decode(payload)?;
-                let regs = self
+                let registers = self
                     .kernel
                     .driver()
                     .vcpu_registers()
@@ -130,20 +131,7 @@ impl Sidecar {
                         )
                     })?
                     .registers(r.vcpu)?;
-                Ok(v1::Registers {
-                    rip: regs.rip,
-                    rsp: regs.rsp,
-                    rflags: regs.rflags,
-                    cr0: regs.cr0,
-                    cr2: regs.cr2,
-                    cr3: regs.cr3,
-                    cr4: regs.cr4,
-                    efer: regs.efer,
-                    fs_base: regs.fs_base,
-                    gs_base: regs.gs_base,
-                    gpr: regs.gpr.to_vec(),
-                }
-                .encode_to_vec())
+                Ok(registers_message(&registers).encode_to_vec())
             }
             "Pause" => {
                 need(Permission::Pause)?;
@@ -190,6 +178,32 @@ impl Sidecar {
                 let r: v1::BatchRequest = decode(payload)?;
                 batch::validate(&r.calls, &self.limits)?;
                 Ok(batch::run(&self.kernel, &self.limits, &r.calls).encode_to_vec())
+            }
+            "Subscribe" => {
+                let r: v1::SubscribeRequest = decode(payload)?;
+                let spec = r.spec.ok_or_else(|| invalid("Subscribe needs a spec"))?;
+                let owner = Owner {
+                    app: app.id.clone(),
+                    connection,
+                };
+                Ok(self
+                    .events
+                    .subscribe(owner, &app.permissions, &spec)?
+                    .encode_to_vec())
+            }
+            "NextEvents" => {
+                let r: v1::NextEventsRequest = decode(payload)?;
+                Ok(self.events.next(&app.id, &r)?.encode_to_vec())
+            }
+            "Ack" => {
+                let r: v1::AckRequest = decode(payload)?;
+                self.events.ack(&app.id, &r.events)?;
+                Ok(v1::Empty {}.encode_to_vec())
+            }
+            "Unsubscribe" => {
+                let r: v1::UnsubscribeRequest = decode(payload)?;
+                self.events.unsubscribe(&app.id, r.subscription)?;
+                Ok(v1::Empty {}.encode_to_vec())
             }
             _ => Err(ApiError::new(
                 ErrorCode::Unsupported,
@@ -246,7 +260,7 @@ impl Sidecar {
     }
 }
 
-fn not_permitted(method: &str, permission: Permission) -> ApiError {
+pub(super) fn not_permitted(method: &str, permission: Permission) -> ApiError {
     ApiError::new(
         ErrorCode::NotPermitted,
         format!(

@@ -100,6 +100,11 @@ pub struct GdbClient {
     queued: VecDeque<Vec<u8>>,
     acks: bool,
     attach_stop: Option<StopReply>,
+    /// Stop replies that arrived while a reply to something else was awaited
+    /// (a QMP `stop` reaches the debugger as `T02` whenever it happens).
+    stops: VecDeque<StopReply>,
+    /// The thread `Hg` last selected, so registers of the same vCPU skip it.
+    selected_thread: Option<String>,
 }
 
 impl GdbClient {
@@ -121,6 +126,8 @@ impl GdbClient {
             queued: VecDeque::new(),
             acks: true,
             attach_stop: None,
+            stops: VecDeque::new(),
+            selected_thread: None,
         };
         client.send(b"qSupported:swbreak+;hwbreak+")?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -149,7 +156,8 @@ impl GdbClient {
     }
 
     /// Sends `payload` and returns the stub's reply, skipping console output
-    /// (`O…`) packets.
+    /// (`O…`) packets. Stop replies that arrive meanwhile are kept for
+    /// [`GdbClient::wait_stop`]: no request but `?` is answered with one.
     pub fn request(&mut self, payload: &[u8]) -> Result<Vec<u8>> {
         self.send(payload)?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -160,9 +168,14 @@ impl GdbClient {
                     String::from_utf8_lossy(payload)
                 ))
             })?;
-            if !is_console_output(&reply) {
-                return Ok(reply);
+            if is_console_output(&reply) {
+                continue;
             }
+            if is_stop_reply(&reply) {
+                self.stops.push_back(StopReply::parse(&reply)?);
+                continue;
+            }
+            return Ok(reply);
         }
     }
 
@@ -267,8 +280,9 @@ impl GdbClient {
 
     /// Why the guest is stopped (`?`).
     pub fn stop_reason(&mut self) -> Result<StopReply> {
-        let reply = self.request(b"?")?;
-        StopReply::parse(&reply)
+        self.send(b"?")?;
+        self.wait_stop(REPLY_TIMEOUT)?
+            .ok_or_else(|| VmiError::Gdb("no reply to `?`".into()))
     }
 
     /// Inserts a breakpoint at guest-virtual `address`. A stub that lacks
@@ -307,6 +321,9 @@ impl GdbClient {
 
     /// The stop reply that follows a resume, or `None` if `timeout` passes first.
     pub fn wait_stop(&mut self, timeout: Duration) -> Result<Option<StopReply>> {
+        if let Some(stop) = self.stops.pop_front() {
+            return Ok(Some(stop));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match self.receive_until(deadline)? {
@@ -339,12 +356,15 @@ impl GdbClient {
 
     /// The raw `g` register block of vCPU `thread`.
     fn register_block(&mut self, thread: &str) -> Result<Vec<u8>> {
-        let selected = self.request(format!("Hg{thread}").as_bytes())?;
-        if selected != b"OK" {
-            return Err(VmiError::Gdb(format!(
-                "selecting thread {thread}: {}",
-                String::from_utf8_lossy(&selected)
-            )));
+        if self.selected_thread.as_deref() != Some(thread) {
+            let selected = self.request(format!("Hg{thread}").as_bytes())?;
+            if selected != b"OK" {
+                return Err(VmiError::Gdb(format!(
+                    "selecting thread {thread}: {}",
+                    String::from_utf8_lossy(&selected)
+                )));
+            }
+            self.selected_thread = Some(thread.to_owned());
         }
         let block = self.request(b"g")?;
         packet::unhex(&block).ok_or_else(|| {
@@ -389,6 +409,12 @@ pub fn parse_register_block(block: &[u8]) -> Result<Registers> {
     })
 }
 
+/// `S`, `T`, `W` or `X` and a two-digit hex signal or status: replies to
+/// other requests are `OK`, `E nn`, hex data or named fields.
+fn is_stop_reply(reply: &[u8]) -> bool {
+    matches!(reply, [b'S' | b'T' | b'W' | b'X', a, b, ..] if a.is_ascii_hexdigit() && b.is_ascii_hexdigit())
+}
+
 fn is_console_output(reply: &[u8]) -> bool {
     reply.first() == Some(&b'O') && reply != b"OK"
 }
@@ -416,6 +442,16 @@ mod tests {
             (hardware.limit, hardware.visible_to_guest),
             (Some(4), false)
         );
+    }
+
+    #[test]
+    fn stop_replies_are_told_from_other_replies() {
+        for stop in [&b"T02thread:01;"[..], b"S05", b"W00", b"X09"] {
+            assert!(is_stop_reply(stop), "{stop:?}");
+        }
+        for other in [&b"OK"[..], b"E01", b"", b"00ff12", b"PacketSize=1000", b"T"] {
+            assert!(!is_stop_reply(other), "{other:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! VMI events: subscriptions ([`spec`]), their queues ([`hub`]), the loop
+//! that owns the debugger and turns breakpoint hits into events ([`engine`]),
+//! and the arbiter of who stops and starts the guest ([`gate`]).
+
+mod decode;
+mod engine;
+mod gate;
+mod hub;
+mod spec;
+
+pub use decode::registers_message;
+pub use gate::RunGate;
+pub use hub::Owner;
+
+use super::limits::Limits;
+use crate::driver::VmControl;
+use crate::linux::LinuxKernel;
+use engine::{Engine, EngineParts, Status};
+use furnace_api::v1::{self, Permission};
+use furnace_api::ApiError;
+use hub::Hub;
+use spec::Spec;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether the guest runs, after freeing it from a debugger that left it
+/// stopped: a sidecar that died at a breakpoint leaves the guest in QEMU's
+/// `debug` state with its breakpoints still set. A `?` from a new
+/// connection makes QEMU drop every breakpoint; then it may run.
+fn recover_stranded_guest(control: &dyn VmControl, debugger: Option<&std::path::Path>) -> bool {
+    use crate::driver::RunState;
+    match control.run_state() {
+        Ok(RunState::Running) => true,
+        Ok(RunState::Other(state)) if state == "debug" => {
+            tracing::warn!("the guest is stopped by a debugger that is gone; clearing its breakpoints and resuming it");
+            let cleared = debugger
+                .ok_or(crate::error::VmiError::Unsupported("a debugger socket"))
+                .and_then(crate::driver::gdb::GdbClient::connect)
+                .and_then(|mut gdb| gdb.stop_reason().map(drop));
+            match cleared.and_then(|()| control.resume()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not free the guest");
+                    false
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// How long a subscribe or unsubscribe waits for the engine to set or
+/// remove its breakpoints (attaching interrupts a TCG guest, which can take
+/// a while on a loaded host).
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Events {
+    kernel: Arc<LinuxKernel>,
+    limits: Limits,
+    hub: Arc<Hub>,
+    gate: Arc<RunGate>,
+    status: Arc<Status>,
+    stopping: Arc<AtomicBool>,
+    engine: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The most events one NextEvents returns, so a reply of long paths still
+/// fits one frame.
+pub const MAX_EVENTS_PER_BATCH: usize = 256;
+
+impl Events {
+    /// Starts the engine thread. `control` pauses and resumes the guest;
+    /// `debugger` is its gdbstub socket, if it has one.
+    pub fn start(
+        kernel: Arc<LinuxKernel>,
+        control: Arc<dyn VmControl>,
+        debugger: Option<PathBuf>,
+        limits: &Limits,
+    ) -> std::io::Result<Self> {
+        let hub = Arc::new(Hub::new(limits.max_events_per_second));
+        let running = recover_stranded_guest(control.as_ref(), debugger.as_deref());
+        let gate = Arc::new(RunGate::new(control, running));
+        let status = Arc::new(Status::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let engine = Engine::new(EngineParts {
+            kernel: Arc::clone(&kernel),
+            hub: Arc::clone(&hub),
+            gate: Arc::clone(&gate),
+            socket: debugger,
+            hold_limit: Duration::from_millis(limits.max_pause_ms.into()),
+            stopping: Arc::clone(&stopping),
+            status: Arc::clone(&status),
+        });
+        let engine = std::thread::Builder::new()
+            .name("event-engine".into())
+            .spawn(move || engine.run())?;
+        Ok(Events {
+            kernel,
+            limits: limits.clone(),
+            hub,
+            gate,
+            status,
+            stopping,
+            engine: std::sync::Mutex::new(Some(engine)),
+        })
+    }
+
+    /// What pause leases must go through, so they and events agree.
+    pub fn gate(&self) -> Arc<RunGate> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Checks `spec` against what `granted` allows, and returns once its
+    /// breakpoints are set.
+    pub fn subscribe(
+        &self,
+        owner: Owner,
+        granted: &std::collections::BTreeSet<Permission>,
+        spec: &v1::EventSpec,
+    ) -> Result<v1::Subscription, ApiError> {
+        let (spec, needs) = Spec::from_request(spec, &self.kernel, &self.limits)?;
+        if let Some(missing) = needs.iter().find(|p| !granted.contains(p)) {
+            return Err(super::vmi::not_permitted("Subscribe", *missing));
+        }
+        if self.hub.subscription_count(&owner.app) >= self.limits.max_subscriptions as usize {
+            return Err(ApiError::new(
+                furnace_api::ErrorCode::LimitExceeded,
+                format!("an app may hold {} event subscriptions", self.limits.max_subscriptions),
+            ));
+        }
+        let app = owner.app.clone();
+        let capacity = spec.capacity as u32;
+        let (id, generation) = self.hub.subscribe(owner, spec)?;
+        if let Err(e) = self.hub.wait_applied(generation, APPLY_TIMEOUT) {
+            if let Ok(generation) = self.hub.unsubscribe(&app, id) {
+                let _ = self.hub.wait_applied(generation, APPLY_TIMEOUT);
+            }
+            return Err(e);
+        }
+        Ok(v1::Subscription {
+            id,
+            queue_capacity: capacity,
+        })
+    }
+
+    /// Ends subscription `id` and returns once its breakpoints are gone.
+    pub fn unsubscribe(&self, app: &str, id: u64) -> Result<(), ApiError> {
+        let generation = self.hub.unsubscribe(app, id)?;
+        self.hub.wait_applied(generation, APPLY_TIMEOUT)
+    }
+
+    /// Ends every subscription `matches` selects (a closed connection, an
+    /// unregistered app); returns how many, once their breakpoints are gone.
+    pub fn remove_where(&self, matches: impl Fn(&Owner) -> bool) -> usize {
+        let (removed, generation) = self.hub.remove_where(matches);
+        if removed > 0 {
+            if let Err(e) = self.hub.wait_applied(generation, APPLY_TIMEOUT) {
+                tracing::error!(error = %e, "removing ended subscriptions' breakpoints");
+            }
+        }
+        removed
+    }
+
+    pub fn next(&self, app: &str, request: &v1::NextEventsRequest) -> Result<v1::EventBatch, ApiError> {
+        let timeout = Duration::from_millis(request.timeout_ms.into());
+        self.hub.next(
+            app,
+            request.subscription,
+            (request.max_events as usize).min(MAX_EVENTS_PER_BATCH),
+            timeout,
+            &request.ack,
+        )
+    }
+
+    pub fn ack(&self, app: &str, events: &[u64]) -> Result<(), ApiError> {
+        self.hub.ack(app, events)
+    }
+
+    pub fn subscription_count(&self, app: &str) -> usize {
+        self.hub.subscription_count(app)
+    }
+
+    /// Breakpoints set for events, and whether the debugger is attached.
+    pub fn debugger_status(&self) -> (u32, bool) {
+        (
+            self.status.breakpoints.load(Ordering::Acquire),
+            self.status.debugger_attached.load(Ordering::Acquire),
+        )
+    }
+
+    /// Stops the engine, which first removes every breakpoint it set.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let engine = self.engine.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(engine) = engine {
+            let _ = engine.join();
+        }
+    }
+}
