@@ -168,7 +168,11 @@ impl ServiceClient {
         })
     }
 
-    pub(crate) fn call<Q: Message, A: Message + Default>(&self, method: &str, request: &Q) -> Result<A> {
+    pub(crate) fn call<Q: Message, A: Message + Default>(
+        &self,
+        method: &str,
+        request: &Q,
+    ) -> Result<A> {
         self.call_with(method, request, |payload| {
             A::decode(payload).map_err(|e| undecodable(method, e))
         })

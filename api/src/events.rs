@@ -157,7 +157,7 @@ impl Vmi {
     pub fn events<'a>(&'a self, subscription: &v1::Subscription) -> EventStream<'a> {
         EventStream {
             vmi: self,
-            subscription: subscription.clone(),
+            subscription: *subscription,
             buffered: VecDeque::new(),
             to_ack: Vec::new(),
         }

@@ -20,8 +20,8 @@ pub mod table;
 pub mod wire;
 
 pub use client::{Admin, Batch, CallRef, Vmi};
-pub use events::{Delivery, EventStream};
 pub use error::ApiError;
+pub use events::{Delivery, EventStream};
 pub use v1::{ErrorCode, Module, Process, Symbol, Translation};
 
 /// The compiled `FileDescriptorSet` of every `.proto` here; the Python SDK

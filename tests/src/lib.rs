@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod containerd;
 mod host;
+pub mod running;
 pub mod stack;
 pub mod walks;
 

@@ -5,6 +5,7 @@
 //! (`oci-images/`) are imported on request ([`FurnaceStack::import`]).
 
 use crate::containerd::{image_archive, require_furnace_shim, TestContainerd, FURNACE_RUNTIME};
+use crate::running::RunningApp;
 use crate::{TestGuest, TestSidecar};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -83,6 +84,31 @@ impl FurnaceStack {
     /// guest, its output whatever the status. ARGS follow the image's entrypoint.
     pub fn run_app(&self, image: &str, id: &str, extra: &[&str], args: &[&str]) -> Output {
         self.ctr_run_image(image, FURNACE_RUNTIME, "--rm", id, extra, args)
+    }
+
+    /// `ctr run --rm` of an app image under `io.furnace.v1`, in the
+    /// foreground, with its output read as it comes.
+    pub fn spawn_app(
+        &self,
+        image: &str,
+        id: &str,
+        extra: &[&str],
+        args: &[&str],
+    ) -> Result<RunningApp> {
+        let guest = format!("furnace.dev/guest={}", self.guest.name);
+        let mut argv = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            FURNACE_RUNTIME,
+            "--annotation",
+            &guest,
+        ];
+        argv.extend_from_slice(extra);
+        argv.push(image);
+        argv.push(id);
+        argv.extend_from_slice(args);
+        RunningApp::spawn(self.containerd.ctr_command(&argv))
     }
 
     /// `ctr run --rm` of an app on this stack's guest, its output whatever the status.

@@ -44,9 +44,11 @@ fn openat_calls_decode_to_the_guests_own_ps_with_the_paths_it_opened() {
         let call = kernel
             .syscall_enter(&layout, &gdb.registers(&thread).unwrap())
             .unwrap();
-        if call.comm == "ps" && call.name == Some("openat") {
+        if call.caller.comm == "ps" && call.name == Some("openat") {
             let pointer = call.arguments[path_argument("openat").unwrap()];
-            let path = kernel.read_cstring(call.dtb, pointer, PATH_MAX).unwrap();
+            let path = kernel
+                .read_cstring(call.caller.dtb, pointer, PATH_MAX)
+                .unwrap();
             by_ps.push((call, path));
         }
         gdb.remove_breakpoint(BreakpointKind::Software, layout.entry)
@@ -69,7 +71,7 @@ fn openat_calls_decode_to_the_guests_own_ps_with_the_paths_it_opened() {
     assert!(!by_ps.is_empty(), "no openat by ps among {hits} syscalls");
     for (call, path) in &by_ps {
         assert_eq!(
-            (call.pid, call.tid, call.uid),
+            (call.caller.pid, call.caller.tid, call.caller.uid),
             (ps_pid, ps_pid, 0),
             "{call:?} {path}"
         );

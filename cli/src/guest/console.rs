@@ -29,6 +29,23 @@ pub struct GuestModule {
 /// Sends `command` to the workload and returns the console text between
 /// `BEGIN-MARKER nonce` and `END-MARKER nonce`.
 fn request_block(dir: &Path, command: &str, marker: &str, timeout: Duration) -> Result<String> {
+    request_block_with(dir, command, &[], marker, timeout)
+}
+
+/// [`request_block`] for a command that takes arguments after the nonce.
+fn request_block_with(
+    dir: &Path,
+    command: &str,
+    arguments: &[&str],
+    marker: &str,
+    timeout: Duration,
+) -> Result<String> {
+    if let Some(bad) = arguments
+        .iter()
+        .find(|a| a.is_empty() || a.contains(char::is_whitespace))
+    {
+        bail!("a guest command argument must be one word, not {bad:?}");
+    }
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -47,7 +64,13 @@ fn request_block(dir: &Path, command: &str, marker: &str, timeout: Duration) -> 
     })?;
     control.set_write_timeout(Some(Duration::from_secs(5)))?;
     // The leading newline ends any partial line a client that died mid-write left behind.
-    control.write_all(format!("\n{command} {nonce}\n").as_bytes())?;
+    let line = [command, &nonce]
+        .iter()
+        .chain(arguments)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    control.write_all(format!("\n{line}\n").as_bytes())?;
     // Hold the connection until the answer is in: QEMU feeds the guest's UART
     // a few bytes at a time and drops what it has not fed once we hang up.
     let block = wait_block(&dir.join("console.log"), marker, &nonce, timeout);
@@ -76,6 +99,82 @@ fn wait_block(console: &Path, marker: &str, nonce: &str, timeout: Duration) -> R
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Has a fresh `cat` process in the guest open `path` (after the workload
+/// writes it); returns that process's pid.
+pub fn open_file(dir: &Path, path: &str, timeout: Duration) -> Result<u32> {
+    let block = request_block_with(dir, "open", &[path], "FURNACE-OPEN", timeout)?;
+    let line = block
+        .lines()
+        .find_map(|l| l.strip_prefix("opened "))
+        .context("the guest's open block has no `opened` line")?;
+    let pid = line.split_whitespace().next().and_then(|p| p.parse().ok());
+    pid.with_context(|| format!("bad `opened` line {line:?}"))
+}
+
+/// Runs `sleep seconds` in the guest; returns the sleep's pid and exit status.
+pub fn run_sleep(dir: &Path, seconds: u32, timeout: Duration) -> Result<(u32, i32)> {
+    let block = request_block_with(
+        dir,
+        "sleep",
+        &[&seconds.to_string()],
+        "FURNACE-SLEEP",
+        timeout,
+    )?;
+    let line = block
+        .lines()
+        .find_map(|l| l.strip_prefix("exited "))
+        .context("the guest's sleep block has no `exited` line")?;
+    let mut words = line.split_whitespace().map(str::parse::<i64>);
+    match (words.next(), words.next()) {
+        (Some(Ok(pid)), Some(Ok(status))) => Ok((pid as u32, status as i32)),
+        _ => bail!("bad `exited` line {line:?}"),
+    }
+}
+
+/// One run of the workload's open loop: a shell that renamed itself and
+/// opened a file `count` times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenLoop {
+    pub pid: u32,
+    pub count: u32,
+    /// As the guest's clock measured the loop.
+    pub elapsed_ns: u64,
+}
+
+/// `count` opens of `path` by a shell named `fburst`.
+pub fn open_burst(dir: &Path, count: u32, path: &str, timeout: Duration) -> Result<OpenLoop> {
+    let block = request_block_with(
+        dir,
+        "burst",
+        &[&count.to_string(), path],
+        "FURNACE-BURST",
+        timeout,
+    )?;
+    parse_open_loop(&block)
+}
+
+/// `count` opens of `/dev/null` by a shell named `floop`, timed by the guest.
+pub fn open_loop(dir: &Path, count: u32, timeout: Duration) -> Result<OpenLoop> {
+    let block = request_block_with(dir, "loop", &[&count.to_string()], "FURNACE-LOOP", timeout)?;
+    parse_open_loop(&block)
+}
+
+fn parse_open_loop(block: &str) -> Result<OpenLoop> {
+    let field = |name: &str| -> Result<u64> {
+        block
+            .split_whitespace()
+            .skip_while(|w| *w != name)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("the guest's loop block has no {name}: {block:?}"))
+    };
+    Ok(OpenLoop {
+        pid: field("pid")? as u32,
+        count: field("count")? as u32,
+        elapsed_ns: field("elapsed_ns")?,
+    })
 }
 
 /// The guest's own process list, freshly printed. The `ps` process that
@@ -190,6 +289,11 @@ mod tests {
 
     #[test]
     fn ps_blocks_parse_without_the_header_or_ps_itself() {
+        let looped = parse_open_loop("pid 97 count 500\nelapsed_ns 123456789\n").unwrap();
+        assert_eq!(
+            (looped.pid, looped.count, looped.elapsed_ns),
+            (97, 500, 123_456_789)
+        );
         let block = "PID   PPID  USER     COMMAND\n    1     0 root     init\n   70     1 tenant   fworker-gamma\n   84     1 root     ps\nFURNACE-PS-SELF 84\n";
         let ps = parse_ps(block).unwrap();
         assert_eq!(ps.len(), 2);

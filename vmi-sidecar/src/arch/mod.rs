@@ -1,3 +1,4 @@
 //! CPU architectures. Only amd64 today.
 
 pub mod amd64;
+pub mod emulate;

@@ -127,9 +127,9 @@ impl LinuxKernel {
 
     /// Decodes the return a vCPU stopped at `syscall_exit_to_user_mode` is making.
     pub fn syscall_exit(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallExit> {
-        let exit = layout
-            .exit
-            .ok_or(VmiError::Unsupported("syscall exits (no syscall_exit_to_user_mode)"))?;
+        let exit = layout.exit.ok_or(VmiError::Unsupported(
+            "syscall exits (no syscall_exit_to_user_mode)",
+        ))?;
         expect_at(vcpu, exit, "syscall_exit_to_user_mode")?;
         let pt_regs = vcpu.gpr[5];
         let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;

@@ -1,10 +1,10 @@
 //! The VMI service: decode, check the app's permission, run, encode.
 
 use super::apps::App;
+use super::events::{registers_message, Owner};
 use super::lease::Holder;
 use super::ops::{check_read_size, execute, invalid, OpResult};
 use super::reply::Reply;
-use super::events::{registers_message, Owner};
 use super::{batch, Sidecar};
 use furnace_api::v1::{self, call::Op, call_result::Value, Permission};
 use furnace_api::{ApiError, ErrorCode};

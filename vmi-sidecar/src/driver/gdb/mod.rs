@@ -140,11 +140,13 @@ impl GdbClient {
                 _ => break reply,
             }
         };
-        if features
-            .split(|&b| b == b';')
-            .any(|f| f == b"QStartNoAckMode+")
-            && client.request(b"QStartNoAckMode")? == b"OK"
-        {
+        let offers = |feature: &[u8]| features.split(|&b| b == b';').any(|f| f == feature);
+        // QEMU answers `P` (write one register) only to a client that has
+        // read the target description, as gdb does on attach.
+        if offers(b"qXfer:features:read+") {
+            client.request(b"qXfer:features:read:target.xml:0,1000")?;
+        }
+        if offers(b"QStartNoAckMode+") && client.request(b"QStartNoAckMode")? == b"OK" {
             client.acks = false;
         }
         Ok(client)
@@ -349,23 +351,44 @@ impl GdbClient {
             .ok_or_else(|| VmiError::Gdb(format!("thread {thread} did not stop after one step")))
     }
 
+    /// Sets register `number` (gdb's x86-64 numbering: 0-15 the general
+    /// registers, 16 rip) of vCPU `thread` with `P`.
+    pub fn write_register(&mut self, thread: &str, number: u8, value: u64) -> Result<()> {
+        self.select_thread(thread)?;
+        let command = format!("P{number:x}={}", packet::hex(&value.to_le_bytes()));
+        match self.request(command.as_bytes())?.as_slice() {
+            b"OK" => Ok(()),
+            other => Err(VmiError::Gdb(format!(
+                "{command} on thread {thread}: {}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+
     /// vCPU `thread`'s registers.
     pub fn registers(&mut self, thread: &str) -> Result<Registers> {
         parse_register_block(&self.register_block(thread)?)
     }
 
+    /// Makes `thread` the one `g` and `P` act on (`Hg`), unless it already is.
+    fn select_thread(&mut self, thread: &str) -> Result<()> {
+        if self.selected_thread.as_deref() == Some(thread) {
+            return Ok(());
+        }
+        let selected = self.request(format!("Hg{thread}").as_bytes())?;
+        if selected != b"OK" {
+            return Err(VmiError::Gdb(format!(
+                "selecting thread {thread}: {}",
+                String::from_utf8_lossy(&selected)
+            )));
+        }
+        self.selected_thread = Some(thread.to_owned());
+        Ok(())
+    }
+
     /// The raw `g` register block of vCPU `thread`.
     fn register_block(&mut self, thread: &str) -> Result<Vec<u8>> {
-        if self.selected_thread.as_deref() != Some(thread) {
-            let selected = self.request(format!("Hg{thread}").as_bytes())?;
-            if selected != b"OK" {
-                return Err(VmiError::Gdb(format!(
-                    "selecting thread {thread}: {}",
-                    String::from_utf8_lossy(&selected)
-                )));
-            }
-            self.selected_thread = Some(thread.to_owned());
-        }
+        self.select_thread(thread)?;
         let block = self.request(b"g")?;
         packet::unhex(&block).ok_or_else(|| {
             VmiError::Gdb(format!(

@@ -140,6 +140,11 @@ fn expand(body: &[u8]) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Bytes from hex digits; `None` on an odd length or a non-hex digit.
+/// Lowercase hex of `bytes`, as register values travel in `g` and `P`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn unhex(text: &[u8]) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;

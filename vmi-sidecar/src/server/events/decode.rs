@@ -88,16 +88,33 @@ impl Decoder {
         })
     }
 
+    /// What the instruction at `address` does, where the engine can do it
+    /// for the vCPU instead of single-stepping.
+    pub fn emulation_at(&self, address: u64) -> Option<crate::arch::emulate::Emulation> {
+        let mut code = [0u8; 8];
+        self.kernel.read_kernel(address, &mut code).ok()?;
+        crate::arch::emulate::first_instruction(&code)
+    }
+
+    pub fn kernel(&self) -> &LinuxKernel {
+        &self.kernel
+    }
+
     pub fn decode(&mut self, hook: Hook, vcpu: &Registers) -> Result<Decoded> {
         let k = Arc::clone(&self.kernel);
         Ok(match hook {
-            Hook::SyscallEnter => Decoded::SyscallEnter(k.syscall_enter(&self.syscall_layout()?, vcpu)?),
-            Hook::SyscallExit => Decoded::SyscallExit(k.syscall_exit(&self.syscall_layout()?, vcpu)?),
+            Hook::SyscallEnter => {
+                Decoded::SyscallEnter(k.syscall_enter(&self.syscall_layout()?, vcpu)?)
+            }
+            Hook::SyscallExit => {
+                Decoded::SyscallExit(k.syscall_exit(&self.syscall_layout()?, vcpu)?)
+            }
             Hook::Exec => Decoded::Exec(k.exec(&self.lifecycle_layout()?, vcpu)?),
             Hook::Exit => Decoded::Exit(k.exit(&self.lifecycle_layout()?, vcpu)?),
             Hook::Address(_) => {
                 if self.current_task.is_none() {
-                    self.current_task = Some(crate::linux::current::current_task_offset(k.profile())?);
+                    self.current_task =
+                        Some(crate::linux::current::current_task_offset(k.profile())?);
                 }
                 let task = k.current_task(self.current_task.expect("just set"), vcpu)?;
                 Decoded::Address {
@@ -124,7 +141,11 @@ impl Decoder {
                             None => call.name.and_then(path_argument) == Some(i),
                         };
                         let text = is_string
-                            .then(|| self.kernel.read_cstring(call.caller.dtb, value, PATH_MAX).ok())
+                            .then(|| {
+                                self.kernel
+                                    .read_cstring(call.caller.dtb, value, PATH_MAX)
+                                    .ok()
+                            })
                             .flatten();
                         v1::SyscallArgument {
                             name,
@@ -161,7 +182,9 @@ impl Decoder {
             return known.clone();
         }
         let found = match (name, self.syscall) {
-            (Some(name), Some(layout)) => self.kernel.syscall_signature(&layout, name).map(Arc::new),
+            (Some(name), Some(layout)) => {
+                self.kernel.syscall_signature(&layout, name).map(Arc::new)
+            }
             _ => None,
         };
         self.signatures.insert(number, found.clone());

@@ -11,7 +11,9 @@ use super::decode::{task_message, vcpu_of_thread, Decoder};
 use super::gate::RunGate;
 use super::hub::{Held, Hub, Recipients, Template};
 use super::spec::{Hook, Probe, Spec};
+use crate::arch::emulate::Emulation;
 use crate::driver::gdb::{BreakpointKind, GdbClient, StopReason, StopReply};
+use crate::driver::Registers;
 use crate::error::{Result, VmiError};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, event::Detail};
@@ -55,8 +57,9 @@ pub struct Engine {
     applied: u64,
     /// Address → the hooks there; exactly the breakpoints set in the guest.
     installed: BTreeMap<u64, Vec<Hook>>,
-    /// The vCPU and breakpoint the guest stopped at, until stepped over.
-    parked: Option<(String, u64)>,
+    /// The vCPU that stopped at a breakpoint and its registers there, until
+    /// it is past the hooked instruction.
+    parked: Option<(String, Registers)>,
     timers: Vec<Timer>,
 }
 
@@ -120,7 +123,9 @@ impl Engine {
                 Err(VmiError::GuestGone(reason)) => {
                     return Err(VmiError::GuestGone(reason));
                 }
-                outcome => self.hub.applied(generation, outcome.err().map(ApiError::from)),
+                outcome => self
+                    .hub
+                    .applied(generation, outcome.err().map(ApiError::from)),
             }
         }
         self.fire_timers()?;
@@ -150,9 +155,15 @@ impl Engine {
     /// Makes the breakpoints and timers match `specs`.
     fn apply(&mut self, specs: &[(u64, Arc<Spec>)]) -> Result<()> {
         let mut wanted: BTreeMap<u64, Vec<Hook>> = BTreeMap::new();
-        let hooks: BTreeSet<Hook> = specs.iter().flat_map(|(_, s)| s.hooks.iter().copied()).collect();
+        let hooks: BTreeSet<Hook> = specs
+            .iter()
+            .flat_map(|(_, s)| s.hooks.iter().copied())
+            .collect();
         for hook in hooks {
-            wanted.entry(self.decoder.address(hook)?).or_default().push(hook);
+            wanted
+                .entry(self.decoder.address(hook)?)
+                .or_default()
+                .push(hook);
         }
         self.apply_timers(specs);
         if wanted == self.installed {
@@ -252,7 +263,9 @@ impl Engine {
         self.gdb = None;
         self.parked = None;
         self.gate.lock().debugger = false;
-        self.status.debugger_attached.store(false, Ordering::Release);
+        self.status
+            .debugger_attached
+            .store(false, Ordering::Release);
     }
 
     /// Stops the guest if it runs, handling a hit that beat the stop to it.
@@ -281,32 +294,48 @@ impl Engine {
 
     fn on_stop(&mut self, stop: StopReply) -> Result<()> {
         match stop.reason {
-            StopReason::Ended => Err(VmiError::GuestGone("the gdbstub reports the guest ended".into())),
+            StopReason::Ended => Err(VmiError::GuestGone(
+                "the gdbstub reports the guest ended".into(),
+            )),
             // A QMP stop (a pause lease) or our own interrupt: nothing to report.
             StopReason::Signal(_) => Ok(()),
-            StopReason::Trap | StopReason::SoftwareBreakpoint | StopReason::HardwareBreakpoint | StopReason::Watchpoint { .. } => {
+            StopReason::Trap
+            | StopReason::SoftwareBreakpoint
+            | StopReason::HardwareBreakpoint
+            | StopReason::Watchpoint { .. } => {
                 {
                     let mut gate = self.gate.lock();
                     gate.running = false;
                     gate.engine_stopped = true;
                 }
                 let thread = stop.thread.unwrap_or_else(|| "01".into());
-                let gdb = self.gdb.as_mut().ok_or_else(|| VmiError::Gdb("a stop with no debugger".into()))?;
+                let gdb = self
+                    .gdb
+                    .as_mut()
+                    .ok_or_else(|| VmiError::Gdb("a stop with no debugger".into()))?;
                 let vcpu = gdb.registers(&thread)?;
                 match self.installed.get(&vcpu.rip).cloned() {
                     Some(hooks) => {
-                        self.parked = Some((thread.clone(), vcpu.rip));
+                        self.parked = Some((thread.clone(), vcpu));
                         let held = self.deliver_hit(&hooks, &thread, &vcpu);
                         self.hold(&held);
                     }
-                    None => tracing::debug!(rip = format_args!("{:#x}", vcpu.rip), "a stop at no breakpoint of ours"),
+                    None => tracing::debug!(
+                        rip = format_args!("{:#x}", vcpu.rip),
+                        "a stop at no breakpoint of ours"
+                    ),
                 }
                 Ok(())
             }
         }
     }
 
-    fn deliver_hit(&mut self, hooks: &[Hook], thread: &str, vcpu: &crate::driver::Registers) -> Held {
+    fn deliver_hit(
+        &mut self,
+        hooks: &[Hook],
+        thread: &str,
+        vcpu: &crate::driver::Registers,
+    ) -> Held {
         let seen = Instant::now();
         let timestamp_ns = unix_nanos();
         let mut held = Vec::new();
@@ -370,7 +399,10 @@ impl Engine {
                     sequence: timer.sequence,
                 }),
             };
-            held.extend(self.hub.deliver(Recipients::Only(timer.subscription), template));
+            held.extend(
+                self.hub
+                    .deliver(Recipients::Only(timer.subscription), template),
+            );
         }
         if !held.is_empty() {
             self.stop_guest()?;
@@ -395,11 +427,19 @@ impl Engine {
                         return self.on_stop(stop);
                     }
                 }
-                if let Some((thread, address)) = self.parked.take() {
-                    gdb.remove_breakpoint(BreakpointKind::Software, address)?;
-                    gdb.step(&thread)?;
-                    if self.installed.contains_key(&address) {
-                        gdb.insert_breakpoint(BreakpointKind::Software, address)?;
+                if let Some((thread, vcpu)) = self.parked.take() {
+                    let emulated = match self.decoder.emulation_at(vcpu.rip) {
+                        Some(emulation) => {
+                            emulate(gdb, self.decoder.kernel(), &thread, &vcpu, emulation)?
+                        }
+                        None => false,
+                    };
+                    if !emulated {
+                        gdb.remove_breakpoint(BreakpointKind::Software, vcpu.rip)?;
+                        gdb.step(&thread)?;
+                        if self.installed.contains_key(&vcpu.rip) {
+                            gdb.insert_breakpoint(BreakpointKind::Software, vcpu.rip)?;
+                        }
                     }
                 }
                 gdb.resume()?;
@@ -411,6 +451,38 @@ impl Engine {
         gate.resume_wanted = false;
         Ok(())
     }
+}
+
+/// gdb's numbers for rsp and rip in `P`.
+const GDB_RSP: u8 = 7;
+const GDB_RIP: u8 = 16;
+
+/// Carries out `emulation` for the vCPU stopped on it; false where it
+/// cannot (a push whose slot straddles a page), and the caller must step.
+fn emulate(
+    gdb: &mut GdbClient,
+    kernel: &LinuxKernel,
+    thread: &str,
+    vcpu: &Registers,
+    emulation: Emulation,
+) -> Result<bool> {
+    match emulation {
+        Emulation::Skip { length } => gdb.write_register(thread, GDB_RIP, vcpu.rip + length)?,
+        Emulation::Push { register, length } => {
+            let slot = vcpu.rsp.wrapping_sub(8);
+            if slot & 0xfff > 0xff8 {
+                return Ok(false);
+            }
+            let dtb = crate::arch::amd64::dtb_from_cr3(vcpu.cr3);
+            let physical = kernel.translate(dtb, slot)?.physical;
+            kernel
+                .driver()
+                .write_physical(physical, &vcpu.gpr[register].to_le_bytes())?;
+            gdb.write_register(thread, GDB_RSP, slot)?;
+            gdb.write_register(thread, GDB_RIP, vcpu.rip + length)?;
+        }
+    }
+    Ok(true)
 }
 
 fn unix_nanos() -> u64 {

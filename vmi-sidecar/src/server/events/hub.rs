@@ -54,6 +54,9 @@ pub struct Hub {
     rate: u32,
 }
 
+/// Every live subscription's id and spec.
+pub type Specs = Vec<(u64, Arc<Spec>)>;
+
 /// The sidecar-wide event ids a delivery produced that hold the guest.
 pub type Held = Vec<u64>;
 
@@ -171,7 +174,7 @@ impl Hub {
 
     /// For the engine: the latest generation and every live spec, if it has
     /// changed since `applied`.
-    pub fn pending_change(&self, applied: u64) -> Option<(u64, Vec<(u64, Arc<Spec>)>)> {
+    pub fn pending_change(&self, applied: u64) -> Option<(u64, Specs)> {
         let state = self.lock();
         (state.generation != applied).then(|| {
             let specs = state
@@ -201,7 +204,10 @@ impl Hub {
 
     /// Whether any subscription wants a hit like `probe`, before it is decoded.
     pub fn wants(&self, probe: &Probe) -> bool {
-        self.lock().subscribers.values().any(|s| s.spec.wants(probe))
+        self.lock()
+            .subscribers
+            .values()
+            .any(|s| s.spec.wants(probe))
     }
 
     /// Queues an event for each recipient; returns the ids of the sync
@@ -218,11 +224,16 @@ impl Hub {
             if !wanted {
                 continue;
             }
-            let bucket = state.rates.entry(subscriber.owner.app.clone()).or_insert(RateLimit {
-                tokens: f64::from(self.rate),
-                updated: template.seen,
-            });
-            if !bucket.take(self.rate, template.seen) || subscriber.queue.len() >= subscriber.spec.capacity {
+            let bucket = state
+                .rates
+                .entry(subscriber.owner.app.clone())
+                .or_insert(RateLimit {
+                    tokens: f64::from(self.rate),
+                    updated: template.seen,
+                });
+            if !bucket.take(self.rate, template.seen)
+                || subscriber.queue.len() >= subscriber.spec.capacity
+            {
                 subscriber.dropped += 1;
                 continue;
             }
@@ -262,7 +273,9 @@ impl Hub {
             if !owned {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
-                    format!("no unacked event {id} of this app (acked already, or its hold ran out)"),
+                    format!(
+                        "no unacked event {id} of this app (acked already, or its hold ran out)"
+                    ),
                 ));
             }
             state.unacked.remove(id);

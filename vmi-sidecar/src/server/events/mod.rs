@@ -127,7 +127,10 @@ impl Events {
         if self.hub.subscription_count(&owner.app) >= self.limits.max_subscriptions as usize {
             return Err(ApiError::new(
                 furnace_api::ErrorCode::LimitExceeded,
-                format!("an app may hold {} event subscriptions", self.limits.max_subscriptions),
+                format!(
+                    "an app may hold {} event subscriptions",
+                    self.limits.max_subscriptions
+                ),
             ));
         }
         let app = owner.app.clone();
@@ -163,7 +166,11 @@ impl Events {
         removed
     }
 
-    pub fn next(&self, app: &str, request: &v1::NextEventsRequest) -> Result<v1::EventBatch, ApiError> {
+    pub fn next(
+        &self,
+        app: &str,
+        request: &v1::NextEventsRequest,
+    ) -> Result<v1::EventBatch, ApiError> {
         let timeout = Duration::from_millis(request.timeout_ms.into());
         self.hub.next(
             app,

@@ -73,7 +73,9 @@ impl Spec {
                 if address < KERNEL_SPACE_START {
                     return Err(ApiError::new(
                         ErrorCode::BadAddress,
-                        format!("{address:#x} is not a kernel address; breakpoints go in the kernel"),
+                        format!(
+                            "{address:#x} is not a kernel address; breakpoints go in the kernel"
+                        ),
                     ));
                 }
                 hooks.push(Hook::Address(address));
@@ -94,8 +96,9 @@ impl Spec {
                         .names
                         .iter()
                         .map(|name| {
-                            syscall_number(name)
-                                .ok_or_else(|| invalid(format!("no x86-64 syscall is called {name:?}")))
+                            syscall_number(name).ok_or_else(|| {
+                                invalid(format!("no x86-64 syscall is called {name:?}"))
+                            })
                         })
                         .collect::<Result<_, _>>()?;
                     syscalls = Some(numbers);
