@@ -379,3 +379,138 @@ fn no_subscription(id: u64) -> ApiError {
         format!("this app has no event subscription {id}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{Hook, Spec};
+    use super::*;
+    use furnace_api::v1::event_spec::Source;
+
+    fn spec(sync: bool, capacity: u32) -> Spec {
+        let request = v1::EventSpec {
+            source: Some(Source::Process(v1::ProcessSource {
+                exec: true,
+                exit: false,
+            })),
+            sync,
+            queue_capacity: capacity,
+            ..Default::default()
+        };
+        Spec::for_tests(&request)
+    }
+
+    fn owner(app: &str, connection: u64) -> Owner {
+        Owner {
+            app: app.into(),
+            connection,
+        }
+    }
+
+    fn exec_hit(hub: &Hub) -> Held {
+        let probe = Probe {
+            hook: Hook::Exec,
+            task: Some((7, "sh")),
+            syscall: None,
+        };
+        hub.deliver(
+            Recipients::Matching(&probe),
+            Template {
+                seen: Instant::now(),
+                timestamp_ns: 1,
+                vcpu: 0,
+                task: None,
+                detail: Detail::Exec(v1::ProcessExec {
+                    filename: "/bin/sh".into(),
+                }),
+            },
+        )
+    }
+
+    #[test]
+    fn a_full_queue_counts_exactly_what_it_drops_and_a_roomy_one_drops_nothing() {
+        let hub = Hub::new(1_000_000);
+        let (slow, _) = hub.subscribe(owner("slow", 1), spec(false, 3)).unwrap();
+        let (fast, _) = hub.subscribe(owner("fast", 2), spec(false, 100)).unwrap();
+        for _ in 0..10 {
+            exec_hit(&hub);
+        }
+        let fast_batch = hub.next("fast", fast, 256, Duration::ZERO, &[]).unwrap();
+        assert_eq!((fast_batch.events.len(), fast_batch.dropped), (10, 0));
+        let slow_batch = hub.next("slow", slow, 256, Duration::ZERO, &[]).unwrap();
+        assert_eq!((slow_batch.events.len(), slow_batch.dropped), (3, 7));
+        // The count is reported once, then starts again.
+        let again = hub.next("slow", slow, 256, Duration::ZERO, &[]).unwrap();
+        assert_eq!((again.events.len(), again.dropped), (0, 0));
+    }
+
+    #[test]
+    fn the_rate_limit_drops_and_counts_what_is_over_it() {
+        let hub = Hub::new(5);
+        let (id, _) = hub.subscribe(owner("a", 1), spec(false, 100)).unwrap();
+        for _ in 0..8 {
+            exec_hit(&hub);
+        }
+        let batch = hub.next("a", id, 256, Duration::ZERO, &[]).unwrap();
+        assert_eq!((batch.events.len(), batch.dropped), (5, 3));
+    }
+
+    #[test]
+    fn sync_events_hold_until_acked_or_their_subscriber_goes() {
+        let hub = Hub::new(1_000);
+        let (id, _) = hub.subscribe(owner("a", 1), spec(true, 8)).unwrap();
+        let held = exec_hit(&hub);
+        assert_eq!(held.len(), 1);
+        assert!(!hub.wait_acked(&held, Duration::ZERO));
+        // Only the app that received it may ack it, and only once.
+        let code = |r: Result<(), ApiError>| r.unwrap_err().code;
+        assert_eq!(code(hub.ack("b", &held)), ErrorCode::NotFound);
+        let batch = hub.next("a", id, 1, Duration::ZERO, &held).unwrap();
+        assert!(batch.events[0].sync);
+        assert!(hub.wait_acked(&held, Duration::ZERO));
+        assert_eq!(code(hub.ack("a", &held)), ErrorCode::NotFound);
+
+        let held = exec_hit(&hub);
+        let (removed, _) = hub.remove_where(|o| o.connection == 1);
+        assert_eq!(removed, 1);
+        assert!(
+            hub.wait_acked(&held, Duration::ZERO),
+            "a closed connection still holds the guest"
+        );
+    }
+
+    #[test]
+    fn subscriptions_belong_to_their_app_and_failure_reaches_every_waiter() {
+        let hub = Hub::new(1_000);
+        let (id, generation) = hub.subscribe(owner("a", 1), spec(false, 8)).unwrap();
+        let code = |r: Result<v1::EventBatch, ApiError>| r.unwrap_err().code;
+        assert_eq!(
+            code(hub.next("b", id, 1, Duration::ZERO, &[])),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            hub.unsubscribe("b", id).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        hub.applied(
+            generation,
+            Some(ApiError::new(ErrorCode::Unsupported, "no debugger")),
+        );
+        assert_eq!(
+            hub.wait_applied(generation, Duration::from_secs(1))
+                .unwrap_err()
+                .code,
+            ErrorCode::Unsupported
+        );
+        hub.fail(ApiError::new(ErrorCode::GuestGone, "gone"));
+        assert_eq!(
+            code(hub.next("a", id, 1, Duration::from_secs(5), &[])),
+            ErrorCode::GuestGone
+        );
+        assert_eq!(
+            hub.subscribe(owner("a", 1), spec(false, 8))
+                .unwrap_err()
+                .code,
+            ErrorCode::GuestGone
+        );
+    }
+}

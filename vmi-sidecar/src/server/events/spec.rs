@@ -150,6 +150,27 @@ impl Spec {
         ))
     }
 
+    /// A spec for hub tests, without a kernel to resolve symbols against.
+    #[cfg(test)]
+    pub fn for_tests(request: &v1::EventSpec) -> Spec {
+        let hooks = match &request.source {
+            Some(Source::Process(p)) => [(p.exec, Hook::Exec), (p.exit, Hook::Exit)]
+                .into_iter()
+                .filter_map(|(on, hook)| on.then_some(hook))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Spec {
+            hooks,
+            timer: None,
+            syscalls: None,
+            pid: request.pid,
+            comm: request.comm.clone(),
+            sync: request.sync,
+            capacity: request.queue_capacity as usize,
+        }
+    }
+
     /// Whether a hit described by `probe` belongs to this subscription.
     pub fn wants(&self, probe: &Probe) -> bool {
         if !self.hooks.contains(&probe.hook) {

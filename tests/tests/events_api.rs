@@ -1,0 +1,264 @@
+//! The events API through the Rust SDK, against a real sidecar and QEMU
+//! guest: timers (async and sync), a breakpoint at a kernel symbol, syscall
+//! returns, and each way a subscription is refused with a typed error.
+//! Ground truth is the guest's own word (the pid of the `cat` it started),
+//! the kernel's symbol table, and QEMU's run state over QMP.
+
+use furnace::guest::console;
+use furnace_api::v1::{event::Detail, EventSpec, Permission};
+use furnace_api::{Delivery, ErrorCode, Vmi};
+use furnace_tests::{TestGuest, TestSidecar, GROUND_TRUTH_TIMEOUT};
+use furnace_vmi::driver::qemu::QemuGuest;
+use furnace_vmi::driver::{RunState, VmControl};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Fixture {
+    guest: TestGuest,
+    sidecar: TestSidecar,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let guest = TestGuest::start("events-api", &[]).expect("the test guest boots");
+        let sidecar = TestSidecar::start(&guest, &[]).expect("the sidecar starts");
+        Fixture { guest, sidecar }
+    })
+}
+
+/// The guest and its event engine are shared; tests take turns.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn app(name: &str, permissions: &[Permission]) -> Vmi {
+    let socket = fixture().sidecar.register(name, permissions, 0);
+    Vmi::connect(&socket).unwrap()
+}
+
+fn run_state() -> RunState {
+    QemuGuest::attach(&fixture().guest.dir)
+        .unwrap()
+        .run_state()
+        .unwrap()
+}
+
+#[test]
+fn subscriptions_are_refused_with_typed_errors() {
+    let _turn = one_at_a_time();
+    let reader = app("events-reader", &[Permission::Read]);
+    let code = |spec: EventSpec, vmi: &Vmi| vmi.subscribe(spec).unwrap_err().code;
+    assert_eq!(
+        code(EventSpec::syscalls(&["openat"]), &reader),
+        ErrorCode::NotPermitted
+    );
+    assert_eq!(
+        code(EventSpec::processes(true, true), &reader),
+        ErrorCode::NotPermitted
+    );
+
+    let watcher = app("events-watcher", &[Permission::Read, Permission::Events]);
+    assert_eq!(
+        code(EventSpec::syscalls(&["openat"]), &watcher),
+        ErrorCode::NotPermitted
+    );
+    assert_eq!(
+        code(EventSpec::processes(true, false).sync(), &watcher),
+        ErrorCode::NotPermitted,
+        "sync holds the guest, which needs `pause`"
+    );
+    assert_eq!(
+        code(EventSpec::breakpoint("no_such_symbol", 0), &watcher),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(EventSpec::breakpoint_at(0x40_1000), &watcher),
+        ErrorCode::BadAddress
+    );
+    assert_eq!(
+        code(EventSpec::timer(Duration::from_millis(1)), &watcher),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(EventSpec::processes(false, false), &watcher),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(EventSpec::default(), &watcher),
+        ErrorCode::InvalidArgument
+    );
+
+    let tracer = app("events-tracer", &[Permission::Syscalls]);
+    assert_eq!(
+        code(EventSpec::syscalls(&["no_such_call"]), &tracer),
+        ErrorCode::InvalidArgument
+    );
+    let missing = furnace_api::v1::Subscription {
+        id: 999_999,
+        queue_capacity: 1,
+    };
+    assert_eq!(
+        tracer
+            .next_events(&missing, 1, Duration::ZERO, &[])
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        tracer.ack(&[424_242]).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        tracer.unsubscribe(&missing).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        fixture()
+            .sidecar
+            .admin()
+            .health()
+            .unwrap()
+            .event_breakpoints,
+        0
+    );
+}
+
+#[test]
+fn timers_tick_in_order_and_a_sync_tick_holds_the_guest_until_acked() {
+    let _turn = one_at_a_time();
+    let vmi = app("events-timer", &[Permission::Events, Permission::Pause]);
+    let ticks = vmi
+        .subscribe(EventSpec::timer(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let sequences: Vec<u64> = vmi
+        .events(&ticks)
+        .take(4)
+        .map(|d| match d.unwrap() {
+            Delivery::Event(e) => match e.detail {
+                Some(Detail::Timer(t)) => t.sequence,
+                other => panic!("not a tick: {other:?}"),
+            },
+            Delivery::Dropped(n) => panic!("{n} ticks dropped"),
+        })
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    vmi.unsubscribe(&ticks).unwrap();
+    // No debugger is needed for a timer.
+    assert!(
+        !fixture()
+            .sidecar
+            .admin()
+            .health()
+            .unwrap()
+            .debugger_attached
+    );
+
+    let sync = vmi
+        .subscribe(EventSpec::timer(Duration::from_millis(50)).sync())
+        .unwrap();
+    let batch = vmi
+        .next_events(&sync, 1, Duration::from_secs(10), &[])
+        .unwrap();
+    let tick = &batch.events[0];
+    assert!(tick.sync);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        run_state(),
+        RunState::Paused,
+        "the guest ran before the tick was acked"
+    );
+    vmi.ack(&[tick.id]).unwrap();
+    vmi.unsubscribe(&sync).unwrap();
+    assert_eq!(run_state(), RunState::Running);
+}
+
+#[test]
+fn a_breakpoint_at_a_symbol_and_a_syscall_return_name_the_guests_cat() {
+    let _turn = one_at_a_time();
+    let vmi = app(
+        "events-bp",
+        &[Permission::Read, Permission::Events, Permission::Syscalls],
+    );
+    let symbol = vmi.symbol_address("do_sys_openat2").unwrap();
+    let breakpoint = vmi
+        .subscribe(EventSpec::breakpoint("do_sys_openat2", 0).comm("cat"))
+        .unwrap();
+    let returns = vmi
+        .subscribe(EventSpec::syscalls(&["openat"]).exits(false).comm("cat"))
+        .unwrap();
+    assert_eq!(
+        fixture()
+            .sidecar
+            .admin()
+            .health()
+            .unwrap()
+            .event_breakpoints,
+        2
+    );
+    let marker = format!("/tmp/furnace-bp-{}", std::process::id());
+    let cat = console::open_file(&fixture().guest.dir, &marker, GROUND_TRUTH_TIMEOUT).unwrap();
+
+    let hit = vmi
+        .next_events(&breakpoint, 64, Duration::from_secs(10), &[])
+        .unwrap();
+    let event = hit
+        .events
+        .iter()
+        .find(|e| e.task.as_ref().unwrap().pid == cat)
+        .expect("the cat's hit");
+    let Some(Detail::Breakpoint(b)) = &event.detail else {
+        panic!("{event:?}")
+    };
+    assert_eq!(b.address, symbol);
+    assert_eq!(b.registers.as_ref().unwrap().rip, symbol);
+    assert_eq!(event.task.as_ref().unwrap().comm, "cat");
+
+    let ret = vmi
+        .next_events(&returns, 64, Duration::from_secs(10), &[])
+        .unwrap();
+    let opened = ret
+        .events
+        .iter()
+        .find_map(|e| match &e.detail {
+            Some(Detail::SyscallExit(x)) if e.task.as_ref().unwrap().pid == cat => Some(x.clone()),
+            _ => None,
+        })
+        .expect("the cat's openat returned");
+    assert_eq!(opened.name, "openat");
+    // The lowest free descriptor: cat inherits stdio and the workload's
+    // control port (`exec 3< /dev/ttyS1` in init.sh), so 4.
+    assert_eq!(opened.value, 4);
+    vmi.unsubscribe(&breakpoint).unwrap();
+    vmi.unsubscribe(&returns).unwrap();
+    assert_eq!(
+        fixture()
+            .sidecar
+            .admin()
+            .health()
+            .unwrap()
+            .event_breakpoints,
+        0
+    );
+}
+
+/// A guest of its own: its QEMU is killed under a live subscription.
+#[test]
+fn a_vanished_guest_ends_the_subscription_with_guest_gone() {
+    let guest = TestGuest::start("events-gone", &[]).expect("the test guest boots");
+    let sidecar = TestSidecar::start(&guest, &[]).expect("the sidecar starts");
+    let vmi = Vmi::connect(&sidecar.register("gone", &[Permission::Syscalls], 0)).unwrap();
+    let calls = vmi.subscribe(EventSpec::syscalls(&["openat"])).unwrap();
+    guest.kill_qemu().unwrap();
+    let error = vmi
+        .next_events(&calls, 1, Duration::from_secs(20), &[])
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::GuestGone, "{error}");
+}
