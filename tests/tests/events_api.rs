@@ -262,3 +262,47 @@ fn a_vanished_guest_ends_the_subscription_with_guest_gone() {
         .unwrap_err();
     assert_eq!(error.code, ErrorCode::GuestGone, "{error}");
 }
+
+/// The Python SDK's events, against the same sidecar: subscribe, iterate,
+/// and the path and pid of the guest's `cat`.
+#[test]
+fn the_python_sdk_iterates_the_guests_openat() {
+    use std::io::{BufRead, BufReader};
+    let _turn = one_at_a_time();
+    let socket = fixture()
+        .sidecar
+        .register("events-python", &[Permission::Syscalls], 0);
+    let script = r#"
+import json, sys
+from furnace_vmi import Dropped, Vmi, syscalls
+with Vmi(sys.argv[1]) as vmi:
+    opens = vmi.subscribe(syscalls(["openat"], comm="cat"))
+    print("subscribed", flush=True)
+    for item in vmi.events(opens):
+        if isinstance(item, Dropped):
+            continue
+        path = [a.text for a in item.syscall_enter.arguments if a.name == "filename"][0]
+        print(json.dumps({"pid": item.task.pid, "comm": item.task.comm, "path": path}), flush=True)
+        if path == sys.argv[2]:
+            break
+"#;
+    let marker = format!("/tmp/furnace-py-{}", std::process::id());
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/python");
+    let mut python = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, socket.to_str().unwrap(), &marker])
+        .env("PYTHONPATH", sdk)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "subscribed");
+    let cat = console::open_file(&fixture().guest.dir, &marker, GROUND_TRUTH_TIMEOUT).unwrap();
+    let seen: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(python.wait().unwrap().success());
+    let last = seen.last().expect("python printed the open");
+    assert_eq!(last["path"], marker.as_str());
+    assert_eq!(last["pid"], cat);
+    assert_eq!(last["comm"], "cat");
+}

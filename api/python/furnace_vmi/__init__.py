@@ -21,6 +21,7 @@ from .client import (
     permission_names,
 )
 from .errors import ERROR_CODES, ERROR_TYPE_URL, VmiError
+from .events import Dropped, EventStream, breakpoint, breakpoint_at, processes, syscalls, timer
 
 __version__ = "0.1.0"
 
@@ -31,8 +32,10 @@ __all__ = [
     "BatchResults",
     "DEFAULT_SOCKET",
     "DEFAULT_TIMEOUT",
+    "Dropped",
     "ERROR_CODES",
     "ERROR_TYPE_URL",
+    "EventStream",
     "LINK_ADD",
     "LINK_ADDRESS",
     "LINK_OVERWRITE",
@@ -42,7 +45,12 @@ __all__ = [
     "VMI_SERVICE",
     "Vmi",
     "VmiError",
+    "breakpoint",
+    "breakpoint_at",
     "permission_names",
+    "processes",
+    "syscalls",
+    "timer",
     "to_dict",
     "v1",
 ]

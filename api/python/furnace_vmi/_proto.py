@@ -83,9 +83,14 @@ class _Namespace(object):
     pass
 
 
-# Every message of furnace.vmi.v1 as an attribute: v1.Process, v1.ReadVirtualRequest, ...
+# Every message of furnace.vmi.v1 as an attribute: v1.Process, v1.ReadVirtualRequest, v1.EventSpec, ...
 v1 = _Namespace()
-for _file in ("furnace/vmi/v1/types.proto", "furnace/vmi/v1/vmi.proto", "furnace/vmi/v1/admin.proto"):
+for _file in (
+    "furnace/vmi/v1/types.proto",
+    "furnace/vmi/v1/events.proto",
+    "furnace/vmi/v1/vmi.proto",
+    "furnace/vmi/v1/admin.proto",
+):
     for _name in POOL.FindFileByName(_file).message_types_by_name:
         setattr(v1, _name, message(V1 + _name))
 

@@ -14,6 +14,7 @@ from . import _proto
 from ._proto import v1
 from ._wire import ADMIN_SERVICE, VMI_SERVICE, Connection
 from .errors import VmiError
+from .events import BATCH, LONG_POLL, EventStream
 
 #: Where the runtime mounts the app's socket inside its container.
 DEFAULT_SOCKET = "/run/furnace/vmi.sock"
@@ -37,6 +38,29 @@ def _build(cls, **fields):
         return cls(**fields)
     except (ValueError, TypeError) as e:
         raise VmiError("INVALID_ARGUMENT", "%s: %s" % (cls.DESCRIPTOR.name, e))
+
+
+def _milliseconds(seconds):
+    """A wait in seconds as the protocol's whole milliseconds (a u32, so capped)."""
+    try:
+        milliseconds = int(seconds * 1000)
+    except (ValueError, TypeError) as e:
+        raise VmiError("INVALID_ARGUMENT", "a wait in seconds: %s" % e)
+    if milliseconds < 0:
+        raise VmiError("INVALID_ARGUMENT", "a wait of %r seconds" % seconds)
+    return min(milliseconds, _U32)
+
+
+def _id(thing):
+    """The id of a Subscription or Event, or ``thing`` itself if it is one."""
+    return getattr(thing, "id", thing)
+
+
+def _ids(things):
+    try:
+        return [_id(thing) for thing in things]
+    except TypeError as e:
+        raise VmiError("INVALID_ARGUMENT", "a list of events or event ids: %s" % e)
 
 
 def _space(pid):
@@ -82,6 +106,7 @@ class Vmi(_Closing):
 
     def __init__(self, path=DEFAULT_SOCKET, timeout=DEFAULT_TIMEOUT):
         self._client = _ServiceClient(VMI_SERVICE, path, timeout)
+        self._timeout = timeout
 
     @classmethod
     def connect_default(cls, timeout=DEFAULT_TIMEOUT):
@@ -201,6 +226,51 @@ class Vmi(_Closing):
         if reply.HasField("error"):
             error = VmiError.from_proto(reply.error, call_index=reply.error.call_index)
         return BatchResults(list(reply.results), error)
+
+    # events (furnace_vmi.events builds the specs)
+
+    def subscribe(self, spec):
+        """Subscribes to ``spec`` (an EventSpec, e.g. ``syscalls(["openat"])``);
+        returns once the sidecar has set the breakpoints it needs.
+        -> Subscription (``id``, ``queue_capacity`` granted)"""
+        return self._call("Subscribe", _build(v1.SubscribeRequest, spec=spec), v1.Subscription)
+
+    def next_events(self, subscription, max_events=BATCH, timeout=LONG_POLL, ack=()):
+        """Acks the sync events ``ack``, then returns up to ``max_events``
+        events of ``subscription`` (a Subscription or its id), waiting up to
+        ``timeout`` seconds for the first. -> EventBatch (``events``, ``dropped``)"""
+        timeout_ms = _milliseconds(timeout)
+        if self._timeout is not None and timeout >= self._timeout:
+            # A wait the connection gives up on breaks it, which ends every subscription.
+            raise VmiError(
+                "INVALID_ARGUMENT",
+                "a wait of %r s is not below the connection's %r s timeout" % (timeout, self._timeout),
+            )
+        request = _build(
+            v1.NextEventsRequest,
+            subscription=_id(subscription),
+            max_events=max_events,
+            timeout_ms=timeout_ms,
+            ack=_ids(ack),
+        )
+        return self._call("NextEvents", request, v1.EventBatch)
+
+    def ack(self, event_ids):
+        """Lets the guest go on past sync events ``event_ids`` (Events or their ids)."""
+        request = _build(v1.AckRequest, events=_ids(event_ids))
+        self._call("Ack", request, v1.Empty)
+
+    def unsubscribe(self, subscription):
+        """Ends ``subscription``; returns once its breakpoints are gone from the guest."""
+        request = _build(v1.UnsubscribeRequest, subscription=_id(subscription))
+        self._call("Unsubscribe", request, v1.Empty)
+
+    def events(self, subscription):
+        """The subscription's events as a blocking iterator of Events and
+        :class:`Dropped` counts, acking each sync event when asked for the
+        next item. -> EventStream"""
+        long_poll = LONG_POLL if self._timeout is None else min(LONG_POLL, self._timeout / 2)
+        return EventStream(self, subscription, long_poll)
 
 
 class Batch(object):

@@ -54,7 +54,7 @@ fn recover_stranded_guest(control: &dyn VmControl, debugger: Option<&std::path::
 /// How long a subscribe or unsubscribe waits for the engine to set or
 /// remove its breakpoints (attaching interrupts a TCG guest, which can take
 /// a while on a loaded host).
-const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Events {
     kernel: Arc<LinuxKernel>,
