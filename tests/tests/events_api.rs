@@ -306,3 +306,48 @@ with Vmi(sys.argv[1]) as vmi:
     assert_eq!(last["pid"], cat);
     assert_eq!(last["comm"], "cat");
 }
+
+/// A pause lease taken while the debugger is attached keeps the guest
+/// paused (the engine does not resume it); its end lets the guest run again,
+/// and a hit after that is still reported.
+#[test]
+fn a_pause_lease_and_the_event_engine_do_not_undo_each_other() {
+    let _turn = one_at_a_time();
+    let vmi = app("events-lease", &[Permission::Pause, Permission::Syscalls]);
+    let opens = vmi
+        .subscribe(EventSpec::syscalls(&["openat"]).comm("cat"))
+        .unwrap();
+    assert!(
+        fixture()
+            .sidecar
+            .admin()
+            .health()
+            .unwrap()
+            .debugger_attached
+    );
+    let lease = vmi.pause(Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(run_state(), RunState::Paused);
+    vmi.resume(&lease).unwrap();
+    let resumed = Instant::now();
+    while run_state() != RunState::Running {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "the guest stayed paused after the lease"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let marker = format!("/tmp/furnace-lease-{}", std::process::id());
+    let cat = console::open_file(&fixture().guest.dir, &marker, GROUND_TRUTH_TIMEOUT).unwrap();
+    let batch = vmi
+        .next_events(&opens, 64, Duration::from_secs(10), &[])
+        .unwrap();
+    assert!(
+        batch
+            .events
+            .iter()
+            .any(|e| e.task.as_ref().unwrap().pid == cat),
+        "{batch:?}"
+    );
+    vmi.unsubscribe(&opens).unwrap();
+}
