@@ -346,6 +346,20 @@ impl TestSidecar {
     }
 }
 
+/// A test guest with its sidecar, the fixture most API tests share.
+pub struct GuestWithSidecar {
+    pub guest: TestGuest,
+    pub sidecar: TestSidecar,
+}
+
+impl GuestWithSidecar {
+    pub fn start(label: &str) -> Result<GuestWithSidecar> {
+        let guest = TestGuest::start(label, &[])?;
+        let sidecar = TestSidecar::start(&guest, &[])?;
+        Ok(GuestWithSidecar { guest, sidecar })
+    }
+}
+
 /// Whether QEMU reports the guest running, asked over QMP.
 pub fn guest_running(guest: &TestGuest) -> bool {
     use furnace_vmi::driver::RunState;

@@ -7,23 +7,16 @@
 use furnace::guest::console;
 use furnace_api::v1::{event::Detail, EventSpec, Permission};
 use furnace_api::{Delivery, ErrorCode, Vmi};
-use furnace_tests::{TestGuest, TestSidecar, GROUND_TRUTH_TIMEOUT};
+use furnace_tests::{GuestWithSidecar, TestGuest, TestSidecar, GROUND_TRUTH_TIMEOUT};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-struct Fixture {
-    guest: TestGuest,
-    sidecar: TestSidecar,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+fn fixture() -> &'static GuestWithSidecar {
+    static FIXTURE: OnceLock<GuestWithSidecar> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let guest = TestGuest::start("events-api", &[]).expect("the test guest boots");
-        let sidecar = TestSidecar::start(&guest, &[]).expect("the sidecar starts");
-        Fixture { guest, sidecar }
+        GuestWithSidecar::start("events-api").expect("the guest and its sidecar start")
     })
 }
 
@@ -36,6 +29,10 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 fn app(name: &str, permissions: &[Permission]) -> Vmi {
     let socket = fixture().sidecar.register(name, permissions, 0);
     Vmi::connect(&socket).unwrap()
+}
+
+fn health() -> furnace_api::v1::HealthResponse {
+    fixture().sidecar.admin().health().unwrap()
 }
 
 fn run_state() -> RunState {
@@ -114,15 +111,7 @@ fn subscriptions_are_refused_with_typed_errors() {
         tracer.unsubscribe(&missing).unwrap_err().code,
         ErrorCode::NotFound
     );
-    assert_eq!(
-        fixture()
-            .sidecar
-            .admin()
-            .health()
-            .unwrap()
-            .event_breakpoints,
-        0
-    );
+    assert_eq!(health().event_breakpoints, 0);
 }
 
 #[test]
@@ -152,14 +141,7 @@ fn timers_tick_in_order_and_a_sync_tick_holds_the_guest_until_acked() {
     );
     vmi.unsubscribe(&ticks).unwrap();
     // No debugger is needed for a timer.
-    assert!(
-        !fixture()
-            .sidecar
-            .admin()
-            .health()
-            .unwrap()
-            .debugger_attached
-    );
+    assert!(!health().debugger_attached);
 
     let sync = vmi
         .subscribe(EventSpec::timer(Duration::from_millis(50)).sync())
@@ -194,15 +176,7 @@ fn a_breakpoint_at_a_symbol_and_a_syscall_return_name_the_guests_cat() {
     let returns = vmi
         .subscribe(EventSpec::syscalls(&["openat"]).exits(false).comm("cat"))
         .unwrap();
-    assert_eq!(
-        fixture()
-            .sidecar
-            .admin()
-            .health()
-            .unwrap()
-            .event_breakpoints,
-        2
-    );
+    assert_eq!(health().event_breakpoints, 2);
     let marker = format!("/tmp/furnace-bp-{}", std::process::id());
     let cat = console::open_file(&fixture().guest.dir, &marker, GROUND_TRUTH_TIMEOUT).unwrap();
 
@@ -238,15 +212,7 @@ fn a_breakpoint_at_a_symbol_and_a_syscall_return_name_the_guests_cat() {
     assert_eq!(opened.value, 4);
     vmi.unsubscribe(&breakpoint).unwrap();
     vmi.unsubscribe(&returns).unwrap();
-    assert_eq!(
-        fixture()
-            .sidecar
-            .admin()
-            .health()
-            .unwrap()
-            .event_breakpoints,
-        0
-    );
+    assert_eq!(health().event_breakpoints, 0);
 }
 
 /// A guest of its own: its QEMU is killed under a live subscription.
@@ -317,14 +283,7 @@ fn a_pause_lease_and_the_event_engine_do_not_undo_each_other() {
     let opens = vmi
         .subscribe(EventSpec::syscalls(&["openat"]).comm("cat"))
         .unwrap();
-    assert!(
-        fixture()
-            .sidecar
-            .admin()
-            .health()
-            .unwrap()
-            .debugger_attached
-    );
+    assert!(health().debugger_attached);
     let lease = vmi.pause(Duration::from_secs(5)).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(run_state(), RunState::Paused);

@@ -16,17 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-struct Fixture {
-    guest: TestGuest,
-    sidecar: TestSidecar,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+fn fixture() -> &'static GuestWithSidecar {
+    static FIXTURE: OnceLock<GuestWithSidecar> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let guest = TestGuest::start("sidecar", &[]).expect("the test guest boots");
-        let sidecar = TestSidecar::start(&guest, &[]).expect("the sidecar starts");
-        Fixture { guest, sidecar }
+        GuestWithSidecar::start("sidecar").expect("the guest and its sidecar start")
     })
 }
 
