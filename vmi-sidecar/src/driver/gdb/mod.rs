@@ -276,6 +276,8 @@ impl GdbClient {
             {
                 Ok(false)
             }
+            // A signal (a tracer attaching, say): read again until the deadline.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(true),
             Err(e) => Err(gone(e)),
         }
     }
