@@ -9,6 +9,8 @@
 //! - with a subscriber to every syscall of a task named `nomatch`: every
 //!   syscall still stops the guest, is decoded and matched, and none is
 //!   delivered;
+//! - with a subscriber to `openat` of `nomatch`: the hook is `openat`'s own
+//!   handler, so only the one open a round stops the guest;
 //! - with a subscriber to every syscall of `floop`, drained by a thread
 //!   through the Rust SDK: every stop becomes an event.
 //!
@@ -101,6 +103,10 @@ fn main() -> Result<()> {
     let unmatched = vmi.subscribe(EventSpec::syscalls(&[]).comm("nomatch"))?;
     let matched_nothing = per_round_ns(&guest, ROUNDS_TRACED)?;
     vmi.unsubscribe(&unmatched)?;
+    // One call by name: its handler is hooked, so the others run free.
+    let opens = vmi.subscribe(EventSpec::syscalls(&["openat"]).comm("nomatch"))?;
+    let one_call = per_round_ns(&guest, ROUNDS_TRACED)?;
+    vmi.unsubscribe(&opens)?;
 
     let all = vmi.subscribe(EventSpec::syscalls(&[]).comm("floop").queue(65_536))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -136,6 +142,10 @@ fn main() -> Result<()> {
         (
             "subscriber to every syscall of nobody (stop, decode)",
             matched_nothing,
+        ),
+        (
+            "subscriber to openat of nobody (its handler only)",
+            one_call,
         ),
         (
             "subscriber to every syscall of the loop (delivered)",

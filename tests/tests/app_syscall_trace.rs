@@ -283,6 +283,7 @@ fn hooked_bytes() -> Vec<(String, Vec<u8>)> {
     let kernel = furnace_vmi::linux::LinuxKernel::attach(Box::new(qemu()), profile).unwrap();
     [
         "do_syscall_64",
+        "__x64_sys_openat",
         "syscall_exit_to_user_mode",
         "begin_new_exec",
         "do_exit",

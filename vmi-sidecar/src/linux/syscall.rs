@@ -111,6 +111,20 @@ impl LinuxKernel {
     /// Decodes the syscall a vCPU stopped at `do_syscall_64` is entering.
     pub fn syscall_enter(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallEnter> {
         expect_at(vcpu, layout.entry, "do_syscall_64")?;
+        self.decode_enter(layout, vcpu)
+    }
+
+    /// Decodes the syscall a vCPU stopped at its handler (`__x64_sys_<name>`,
+    /// which also takes the `pt_regs` in `rdi`) is entering.
+    pub fn syscall_handler_enter(
+        &self,
+        layout: &SyscallLayout,
+        vcpu: &Registers,
+    ) -> Result<SyscallEnter> {
+        self.decode_enter(layout, vcpu)
+    }
+
+    fn decode_enter(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallEnter> {
         let pt_regs = vcpu.gpr[5]; // rdi
         let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;
         let mut arguments = [0u64; 6];
@@ -181,6 +195,12 @@ pub fn syscall_name(number: u64) -> Option<&'static str> {
         .ok()
         .and_then(syscalls::Sysno::new)
         .map(|s| s.name())
+}
+
+/// The symbol of syscall `name`'s handler, which `do_syscall_64` calls
+/// through the syscall table.
+pub fn handler_symbol(name: &str) -> String {
+    format!("__x64_sys_{name}")
 }
 
 /// The x86-64 number of syscall `name`.

@@ -6,7 +6,9 @@ use crate::driver::Registers;
 use crate::error::{Result, VmiError};
 use crate::linux::current::Caller;
 use crate::linux::lifecycle::LifecycleLayout;
-use crate::linux::syscall::{path_argument, Signature, SyscallLayout, PATH_MAX};
+use crate::linux::syscall::{
+    handler_symbol, path_argument, syscall_name, Signature, SyscallLayout, PATH_MAX,
+};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, event::Detail};
 use std::collections::HashMap;
@@ -79,6 +81,12 @@ impl Decoder {
     pub fn address(&mut self, hook: Hook) -> Result<u64> {
         Ok(match hook {
             Hook::SyscallEnter => self.syscall_layout()?.entry,
+            Hook::SyscallHandler(number) => {
+                let name = syscall_name(number).ok_or_else(|| {
+                    VmiError::InvalidArgument(format!("no x86-64 syscall {number}"))
+                })?;
+                self.kernel.symbol_address(&handler_symbol(name))?
+            }
             Hook::SyscallExit => self.syscall_layout()?.exit.ok_or(VmiError::Unsupported(
                 "syscall exits on this kernel (no syscall_exit_to_user_mode)",
             ))?,
@@ -105,6 +113,9 @@ impl Decoder {
         Ok(match hook {
             Hook::SyscallEnter => {
                 Decoded::SyscallEnter(k.syscall_enter(&self.syscall_layout()?, vcpu)?)
+            }
+            Hook::SyscallHandler(_) => {
+                Decoded::SyscallEnter(k.syscall_handler_enter(&self.syscall_layout()?, vcpu)?)
             }
             Hook::SyscallExit => {
                 Decoded::SyscallExit(k.syscall_exit(&self.syscall_layout()?, vcpu)?)

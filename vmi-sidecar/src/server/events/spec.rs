@@ -3,7 +3,7 @@
 
 use super::super::limits::Limits;
 use super::super::ops::invalid;
-use crate::linux::syscall::syscall_number;
+use crate::linux::syscall::{handler_symbol, syscall_number};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, breakpoint_source::Target, event_spec::Source, Permission};
 use furnace_api::{ApiError, ErrorCode};
@@ -13,7 +13,10 @@ use std::time::Duration;
 /// A kernel location the sidecar breaks at for events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
+    /// Every syscall's entry (`do_syscall_64`).
     SyscallEnter,
+    /// One syscall's entry, at its handler: only that call stops the guest.
+    SyscallHandler(u64),
     SyscallExit,
     Exec,
     Exit,
@@ -46,6 +49,28 @@ pub struct Spec {
 pub const MIN_TIMER_PERIOD: Duration = Duration::from_millis(10);
 /// Kernel addresses are in the upper half of the canonical x86-64 space.
 const KERNEL_SPACE_START: u64 = 0xffff_8000_0000_0000;
+
+/// Where to catch the entry of the calls `names` (`numbers`): at each
+/// call's own handler when the kernel has one for every name, so other calls
+/// never stop the guest (each stop is costly under TCG); else at
+/// `do_syscall_64`.
+fn entry_hooks(
+    names: &[String],
+    numbers: Option<&BTreeSet<u64>>,
+    kernel: &LinuxKernel,
+) -> Vec<Hook> {
+    let Some(numbers) = numbers else {
+        return vec![Hook::SyscallEnter];
+    };
+    let every_handler_known = names
+        .iter()
+        .all(|name| kernel.symbol_address(&handler_symbol(name)).is_ok());
+    if every_handler_known {
+        numbers.iter().map(|n| Hook::SyscallHandler(*n)).collect()
+    } else {
+        vec![Hook::SyscallEnter]
+    }
+}
 
 impl Spec {
     /// Checks `spec` and returns it with the permissions it needs.
@@ -85,14 +110,8 @@ impl Spec {
                 if !s.enter && !s.exit {
                     return Err(invalid("a syscall subscription needs enter, exit or both"));
                 }
-                if s.enter {
-                    hooks.push(Hook::SyscallEnter);
-                }
-                if s.exit {
-                    hooks.push(Hook::SyscallExit);
-                }
                 if !s.names.is_empty() {
-                    let numbers = s
+                    let numbers: BTreeSet<u64> = s
                         .names
                         .iter()
                         .map(|name| {
@@ -102,6 +121,12 @@ impl Spec {
                         })
                         .collect::<Result<_, _>>()?;
                     syscalls = Some(numbers);
+                }
+                if s.enter {
+                    hooks.extend(entry_hooks(&s.names, syscalls.as_ref(), kernel));
+                }
+                if s.exit {
+                    hooks.push(Hook::SyscallExit);
                 }
             }
             Some(Source::Process(p)) => {
@@ -218,6 +243,10 @@ mod tests {
         assert!(!openat_by_cat.wants(&probe(Hook::SyscallEnter, 7, "cat", Some(0))));
         assert!(!openat_by_cat.wants(&probe(Hook::SyscallEnter, 7, "sh", Some(257))));
         assert!(!openat_by_cat.wants(&probe(Hook::SyscallExit, 7, "cat", Some(257))));
+        // At the handler, only that handler's hits match.
+        let at_handler = spec(vec![Hook::SyscallHandler(257)], Some(&[257]), 0, "");
+        assert!(at_handler.wants(&probe(Hook::SyscallHandler(257), 7, "sh", Some(257))));
+        assert!(!at_handler.wants(&probe(Hook::SyscallEnter, 7, "sh", Some(257))));
         let pid_9 = spec(vec![Hook::Exec, Hook::Exit], None, 9, "");
         assert!(pid_9.wants(&probe(Hook::Exit, 9, "sleep", None)));
         assert!(!pid_9.wants(&probe(Hook::Exit, 10, "sleep", None)));
