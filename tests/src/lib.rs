@@ -320,6 +320,13 @@ impl TestSidecar {
         )
     }
 
+    /// SIGKILLs the sidecar, as a crash would, and reaps it.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn admin(&self) -> furnace_api::Admin {
         furnace_api::Admin::connect(&self.admin_socket).expect("the sidecar's admin socket answers")
     }

@@ -310,3 +310,39 @@ fn a_pause_lease_and_the_event_engine_do_not_undo_each_other() {
     );
     vmi.unsubscribe(&opens).unwrap();
 }
+
+/// A sidecar SIGKILLed while a sync event holds the guest leaves it stopped
+/// by the debugger, breakpoints set; the next sidecar clears them and lets
+/// the guest run. A guest of its own.
+#[test]
+fn a_new_sidecar_frees_a_guest_its_crashed_predecessor_held_at_a_breakpoint() {
+    let guest = TestGuest::start("events-crash", &[]).expect("the test guest boots");
+    let first = TestSidecar::start(&guest, &[]).expect("the sidecar starts");
+    let socket = first.register("crash", &[Permission::Syscalls, Permission::Pause], 0);
+    let vmi = Vmi::connect(&socket).unwrap();
+    vmi.subscribe(EventSpec::syscalls(&[]).sync()).unwrap();
+    let dir = guest.dir.clone();
+    std::thread::spawn(move || console::processes(&dir, GROUND_TRUTH_TIMEOUT));
+    let qemu = QemuGuest::attach(&guest.dir).unwrap();
+    let since = Instant::now();
+    while qemu.run_state().unwrap() == RunState::Running {
+        assert!(
+            since.elapsed() < GROUND_TRUTH_TIMEOUT,
+            "the sync event never held the guest"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ne!(
+        qemu.run_state().unwrap(),
+        RunState::Running,
+        "the guest ran on with its debugger gone"
+    );
+
+    let _second = TestSidecar::start(&guest, &[]).expect("a new sidecar starts");
+    assert_eq!(qemu.run_state().unwrap(), RunState::Running);
+    // No breakpoint is left to stop it again: the guest runs a ps to the end.
+    console::processes(&guest.dir, GROUND_TRUTH_TIMEOUT).expect("the guest runs its ps");
+    assert_eq!(qemu.run_state().unwrap(), RunState::Running);
+}

@@ -229,6 +229,9 @@ impl Engine {
         }
         gate.debugger = true;
         self.gdb = Some(gdb);
+        if let Err(e) = std::fs::write(owner_marker(socket), std::process::id().to_string()) {
+            tracing::warn!(error = %e, "could not mark the debugger as ours; a crash would leave the guest stopped");
+        }
         self.status.debugger_attached.store(true, Ordering::Release);
         tracing::info!("attached to the gdbstub for events");
         Ok(())
@@ -260,7 +263,11 @@ impl Engine {
     }
 
     fn forget_debugger(&mut self) {
-        self.gdb = None;
+        if self.gdb.take().is_some() {
+            if let Some(socket) = &self.socket {
+                let _ = std::fs::remove_file(owner_marker(socket));
+            }
+        }
         self.parked = None;
         self.gate.lock().debugger = false;
         self.status
@@ -451,6 +458,15 @@ impl Engine {
         gate.resume_wanted = false;
         Ok(())
     }
+}
+
+/// The file that says a sidecar (the pid in it) holds the guest's debugger
+/// connection, from attach to detach. Found at start, it means the last
+/// sidecar died attached ([`super::recover_stranded_guest`]).
+pub fn owner_marker(debugger_socket: &std::path::Path) -> PathBuf {
+    let mut name = debugger_socket.as_os_str().to_owned();
+    name.push(".owner");
+    PathBuf::from(name)
 }
 
 /// gdb's numbers for rsp and rip in `P`.

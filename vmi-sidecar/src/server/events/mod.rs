@@ -25,30 +25,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Whether the guest runs, after freeing it from a debugger that left it
-/// stopped: a sidecar that died at a breakpoint leaves the guest in QEMU's
-/// `debug` state with its breakpoints still set. A `?` from a new
-/// connection makes QEMU drop every breakpoint; then it may run.
+/// Whether the guest runs, after freeing it from a sidecar that died with
+/// the debugger attached (its owner marker is still there). Such a guest is
+/// stopped, at a breakpoint or by the lost connection, and QEMU still holds
+/// the breakpoints. A `?` on a new connection makes QEMU drop them all; then
+/// the guest may run: whatever held it died with its sidecar.
 fn recover_stranded_guest(control: &dyn VmControl, debugger: Option<&std::path::Path>) -> bool {
     use crate::driver::RunState;
-    match control.run_state() {
-        Ok(RunState::Running) => true,
-        Ok(RunState::Other(state)) if state == "debug" => {
-            tracing::warn!("the guest is stopped by a debugger that is gone; clearing its breakpoints and resuming it");
-            let cleared = debugger
-                .ok_or(crate::error::VmiError::Unsupported("a debugger socket"))
-                .and_then(crate::driver::gdb::GdbClient::connect)
-                .and_then(|mut gdb| gdb.stop_reason().map(drop));
-            match cleared.and_then(|()| control.resume()) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not free the guest");
-                    false
-                }
+    if let Some(marker) = debugger.map(engine::owner_marker).filter(|m| m.exists()) {
+        tracing::warn!(marker = %marker.display(), "a previous sidecar died with the debugger attached; clearing its breakpoints and resuming the guest");
+        let freed =
+            crate::driver::gdb::GdbClient::connect(debugger.expect("the marker comes from it"))
+                .and_then(|mut gdb| gdb.stop_reason().map(drop))
+                .and_then(|()| control.resume());
+        match freed {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&marker);
             }
+            Err(e) => tracing::error!(error = %e, "could not free the guest"),
         }
-        _ => false,
     }
+    matches!(control.run_state(), Ok(RunState::Running))
 }
 
 /// How long a subscribe or unsubscribe waits for the engine to set or
