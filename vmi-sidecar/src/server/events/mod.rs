@@ -117,10 +117,11 @@ impl Events {
         granted: &std::collections::BTreeSet<Permission>,
         spec: &v1::EventSpec,
     ) -> Result<v1::Subscription, ApiError> {
-        let (spec, needs) = Spec::from_request(spec, &self.kernel, &self.limits)?;
+        let needs = Spec::permissions_needed(spec);
         if let Some(missing) = needs.iter().find(|p| !granted.contains(p)) {
             return Err(super::vmi::not_permitted("Subscribe", *missing));
         }
+        let spec = Spec::from_request(spec, &self.kernel, &self.limits)?;
         if self.hub.subscription_count(&owner.app) >= self.limits.max_subscriptions as usize {
             return Err(ApiError::new(
                 furnace_api::ErrorCode::LimitExceeded,

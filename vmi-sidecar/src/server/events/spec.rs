@@ -73,20 +73,32 @@ fn entry_hooks(
 }
 
 impl Spec {
-    /// Checks `spec` and returns it with the permissions it needs.
+    /// The permissions a subscription to `spec` needs, checked before
+    /// anything in it is looked up.
+    pub fn permissions_needed(spec: &v1::EventSpec) -> Vec<Permission> {
+        let mut needs = match &spec.source {
+            Some(Source::Syscall(_)) => vec![Permission::Syscalls],
+            Some(_) => vec![Permission::Events],
+            None => Vec::new(),
+        };
+        if spec.sync {
+            needs.push(Permission::Pause);
+        }
+        needs
+    }
+
+    /// Checks `spec` and resolves what it names in the running kernel.
     pub fn from_request(
         spec: &v1::EventSpec,
         kernel: &LinuxKernel,
         limits: &Limits,
-    ) -> Result<(Spec, Vec<Permission>), ApiError> {
-        let mut needs = Vec::new();
+    ) -> Result<Spec, ApiError> {
         let mut hooks = Vec::new();
         let mut timer = None;
         let mut syscalls = None;
         match &spec.source {
             None => return Err(invalid("an event subscription needs a source")),
             Some(Source::Breakpoint(b)) => {
-                needs.push(Permission::Events);
                 let address = match &b.target {
                     Some(Target::Symbol(symbol)) => kernel
                         .symbol_address(symbol)
@@ -106,7 +118,6 @@ impl Spec {
                 hooks.push(Hook::Address(address));
             }
             Some(Source::Syscall(s)) => {
-                needs.push(Permission::Syscalls);
                 if !s.enter && !s.exit {
                     return Err(invalid("a syscall subscription needs enter, exit or both"));
                 }
@@ -130,7 +141,6 @@ impl Spec {
                 }
             }
             Some(Source::Process(p)) => {
-                needs.push(Permission::Events);
                 if !p.exec && !p.exit {
                     return Err(invalid("a process subscription needs exec, exit or both"));
                 }
@@ -142,7 +152,6 @@ impl Spec {
                 }
             }
             Some(Source::Timer(t)) => {
-                needs.push(Permission::Events);
                 let period = Duration::from_millis(t.period_ms.into());
                 if period < MIN_TIMER_PERIOD {
                     return Err(invalid(format!(
@@ -154,25 +163,19 @@ impl Spec {
                 timer = Some(period);
             }
         }
-        if spec.sync {
-            needs.push(Permission::Pause);
-        }
         let capacity = match spec.queue_capacity {
             0 => limits.default_event_queue,
             n => n.min(limits.max_event_queue),
         };
-        Ok((
-            Spec {
-                hooks,
-                timer,
-                syscalls,
-                pid: spec.pid,
-                comm: spec.comm.clone(),
-                sync: spec.sync,
-                capacity: capacity as usize,
-            },
-            needs,
-        ))
+        Ok(Spec {
+            hooks,
+            timer,
+            syscalls,
+            pid: spec.pid,
+            comm: spec.comm.clone(),
+            sync: spec.sync,
+            capacity: capacity as usize,
+        })
     }
 
     /// A spec for hub tests, without a kernel to resolve symbols against.
@@ -229,6 +232,24 @@ mod tests {
             sync: false,
             capacity: 8,
         }
+    }
+
+    #[test]
+    fn permissions_follow_the_source_and_sync_adds_pause() {
+        let syscalls = v1::EventSpec {
+            source: Some(Source::Syscall(v1::SyscallSource::default())),
+            ..Default::default()
+        };
+        assert_eq!(Spec::permissions_needed(&syscalls), [Permission::Syscalls]);
+        let sync_timer = v1::EventSpec {
+            source: Some(Source::Timer(v1::TimerSource { period_ms: 50 })),
+            sync: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            Spec::permissions_needed(&sync_timer),
+            [Permission::Events, Permission::Pause]
+        );
     }
 
     #[test]
