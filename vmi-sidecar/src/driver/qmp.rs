@@ -20,6 +20,9 @@ pub struct QmpClient {
     writer: UnixStream,
 }
 
+/// Stray events skipped while waiting for the greeting.
+const MAX_EVENTS_BEFORE_GREETING: usize = 16;
+
 impl QmpClient {
     /// Connects and negotiates capabilities. A socket nobody listens on (QEMU
     /// died and left it behind) is reported as [`VmiError::GuestGone`].
@@ -36,7 +39,16 @@ impl QmpClient {
             reader: BufReader::new(stream),
             writer,
         };
-        let greeting = client.read_message()?;
+        // QEMU can send an event meant for the monitor's previous client
+        // ahead of the greeting (seen: a RESUME, as the guest resumed while
+        // this client connected).
+        let mut greeting = client.read_message()?;
+        for _ in 0..MAX_EVENTS_BEFORE_GREETING {
+            if greeting.get("event").is_none() {
+                break;
+            }
+            greeting = client.read_message()?;
+        }
         if greeting.get("QMP").is_none() {
             return Err(VmiError::Qmp(format!("unexpected greeting: {greeting}")));
         }
