@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::ttrpc::{Request, Response};
 use crate::v1::{self, call::Op, ErrorCode, LinkOp, LinkTarget};
 use crate::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
-use crate::{ADMIN_SERVICE, VMI_SERVICE};
+use crate::VMI_SERVICE;
 use prost::Message;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -161,7 +161,7 @@ pub(crate) struct ServiceClient {
 }
 
 impl ServiceClient {
-    fn connect(service: &'static str, path: &Path, timeout: Duration) -> Result<Self> {
+    pub(crate) fn connect(service: &'static str, path: &Path, timeout: Duration) -> Result<Self> {
         Ok(ServiceClient {
             service,
             connection: Mutex::new(Connection::open(path, timeout)?),
@@ -563,42 +563,5 @@ impl BatchResults {
             v1::call_result::Value::Data(d) => Some(d),
             _ => None,
         }
-    }
-}
-
-/// The sidecar's admin API (root only), used by the runtime and `furnace sidecar`.
-pub struct Admin {
-    client: ServiceClient,
-}
-
-impl Admin {
-    pub fn connect(path: &Path) -> Result<Self> {
-        Ok(Admin {
-            client: ServiceClient::connect(ADMIN_SERVICE, path, DEFAULT_TIMEOUT)?,
-        })
-    }
-
-    pub fn register(&self, request: &v1::RegisterRequest) -> Result<v1::RegisterResponse> {
-        self.client.call("Register", request)
-    }
-
-    pub fn unregister(&self, app_id: &str) -> Result<v1::UnregisterResponse> {
-        self.client.call(
-            "Unregister",
-            &v1::UnregisterRequest {
-                app_id: app_id.into(),
-            },
-        )
-    }
-
-    pub fn list_apps(&self) -> Result<Vec<v1::AppInfo>> {
-        Ok(self
-            .client
-            .call::<_, v1::ListAppsResponse>("ListApps", &v1::ListAppsRequest {})?
-            .apps)
-    }
-
-    pub fn health(&self) -> Result<v1::HealthResponse> {
-        self.client.call("Health", &v1::HealthRequest {})
     }
 }

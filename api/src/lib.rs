@@ -13,13 +13,15 @@ pub mod ttrpc {
     include!(concat!(env!("OUT_DIR"), "/ttrpc.rs"));
 }
 
+pub mod admin;
 pub mod client;
 pub mod error;
 pub mod events;
 pub mod table;
 pub mod wire;
 
-pub use client::{Admin, Batch, CallRef, Vmi};
+pub use admin::Admin;
+pub use client::{Batch, CallRef, Vmi};
 pub use error::ApiError;
 pub use events::{Delivery, EventStream};
 pub use v1::{ErrorCode, Module, Process, Symbol, Translation};

@@ -367,6 +367,20 @@ impl GuestWithSidecar {
     }
 }
 
+/// Waits (polling QMP every 5 ms, up to `timeout`) until QEMU reports the
+/// guest not running: something, such as a sync event, holds it.
+pub fn wait_until_held(qemu: &QemuGuest, timeout: Duration) {
+    use furnace_vmi::driver::RunState;
+    let since = std::time::Instant::now();
+    while qemu.run_state().expect("query-status") == RunState::Running {
+        assert!(
+            since.elapsed() < timeout,
+            "nothing held the guest within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Whether QEMU reports the guest running, asked over QMP.
 pub fn guest_running(guest: &TestGuest) -> bool {
     use furnace_vmi::driver::RunState;

@@ -171,14 +171,7 @@ fn a_sigkilled_sync_subscriber_lets_the_guest_run_within_100_ms() {
     let dir = stack().guest.dir.clone();
     let ps = std::thread::spawn(move || console::processes(&dir, GUEST_TIMEOUT));
     let qemu = qemu();
-    let held_since = Instant::now();
-    while qemu.run_state().unwrap() == RunState::Running {
-        assert!(
-            held_since.elapsed() < GUEST_TIMEOUT,
-            "the sync subscriber never held the guest"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    furnace_tests::wait_until_held(&qemu, GUEST_TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
     assert_ne!(
         qemu.run_state().unwrap(),

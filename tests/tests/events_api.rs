@@ -324,14 +324,7 @@ fn a_new_sidecar_frees_a_guest_its_crashed_predecessor_held_at_a_breakpoint() {
     let dir = guest.dir.clone();
     std::thread::spawn(move || console::processes(&dir, GROUND_TRUTH_TIMEOUT));
     let qemu = QemuGuest::attach(&guest.dir).unwrap();
-    let since = Instant::now();
-    while qemu.run_state().unwrap() == RunState::Running {
-        assert!(
-            since.elapsed() < GROUND_TRUTH_TIMEOUT,
-            "the sync event never held the guest"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    furnace_tests::wait_until_held(&qemu, GROUND_TRUTH_TIMEOUT);
     first.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert_ne!(
