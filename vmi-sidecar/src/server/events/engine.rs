@@ -35,7 +35,6 @@ const DRAIN: Duration = Duration::from_millis(1);
 #[derive(Default)]
 pub struct Status {
     pub breakpoints: AtomicU32,
-    pub debugger_attached: AtomicBool,
 }
 
 struct Timer {
@@ -232,7 +231,6 @@ impl Engine {
         if let Err(e) = std::fs::write(owner_marker(socket), std::process::id().to_string()) {
             tracing::warn!(error = %e, "could not mark the debugger as ours; a crash would leave the guest stopped");
         }
-        self.status.debugger_attached.store(true, Ordering::Release);
         tracing::info!("attached to the gdbstub for events");
         Ok(())
     }
@@ -270,9 +268,6 @@ impl Engine {
         }
         self.parked = None;
         self.gate.lock().debugger = false;
-        self.status
-            .debugger_attached
-            .store(false, Ordering::Release);
     }
 
     /// Stops the guest if it runs, handling a hit that beat the stop to it.

@@ -191,7 +191,7 @@ impl Events {
     pub fn debugger_status(&self) -> (u32, bool) {
         (
             self.status.breakpoints.load(Ordering::Acquire),
-            self.status.debugger_attached.load(Ordering::Acquire),
+            self.gate.lock().debugger,
         )
     }
 
