@@ -28,9 +28,10 @@ kernel: build
 	$(FURNACE) guest fetch-kernel >/dev/null
 
 # Our Dockerfiles built with buildah into OCI archives (target/images/*.tar),
-# imported into the running containerd, if any, as furnace/<name>:dev.
+# imported into the running containerd, if any, as furnace/<name>:dev, and
+# built with `docker build` into a Docker engine for tenants' own builds.
 images: build
-	bash scripts/images.sh --import
+	bash scripts/images.sh --import --docker
 
 bench: build kernel images
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
@@ -41,9 +42,10 @@ install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(SHIM_DIR)/containerd-shim-furnace-v1 $(BIN_DIR)/furnace-launch-helper $(DESTDIR)$(PREFIX)/bin/
 
-lint:
+# --release shares build scripts and proc macros with `make build`.
+lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

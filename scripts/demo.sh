@@ -111,7 +111,8 @@ system_containerd_serves_furnace() {
 }
 
 start_private_containerd() {
-    mkdir -p "$work/root" "$work/state"
+    # 0700 root, as a provider's containerd directories may well be.
+    mkdir -m 0700 "$work/root" "$work/state"
     cat >"$work/config.toml" <<EOF
 version = 2
 root = "$work/root"

@@ -2,7 +2,7 @@
 # Builds our images as OCI archives: target/images/<name>.tar, tagged
 # furnace/<name>:dev inside.
 #
-# Usage: scripts/images.sh [--stage] [--import] [NAME...]
+# Usage: scripts/images.sh [--stage] [--import] [--docker] [NAME...]
 #   NAME...   images to build, with the furnace/* images they are built FROM
 #             (default: every directory with a Dockerfile under tests/images/
 #             and oci-images/)
@@ -11,6 +11,12 @@
 #   --import  also import every archive into containerd (CONTAINERD_ADDRESS,
 #             default /run/containerd/containerd.sock; CONTAINERD_NAMESPACE,
 #             default "default") as furnace/<name>:dev
+#   --docker  also build every image with `docker build` into a Docker
+#             engine, so that a tenant's `FROM furnace/python:dev` builds
+#             there: the engine at DOCKER_HOST (default
+#             unix:///var/run/docker.sock) if it answers, else a private one
+#             this script starts (scripts/dockerd.sh) and stops again, whose
+#             images stay in its data root for the next start.
 #
 # Each image's build context is staged in target/images/context/<name>/:
 # its directory, plus what a Dockerfile cannot fetch without a registry
@@ -40,12 +46,14 @@ die() { echo "images: $*" >&2; exit 1; }
 
 stage_only=false
 import=false
+docker=false
 names=()
 for arg in "$@"; do
     case $arg in
         --stage) stage_only=true ;;
         --import) import=true ;;
-        -*) die "unknown option $arg (usage: scripts/images.sh [--stage] [--import] [NAME...])" ;;
+        --docker) docker=true ;;
+        -*) die "unknown option $arg (usage: scripts/images.sh [--stage] [--import] [--docker] [NAME...])" ;;
         *) names+=("$arg") ;;
     esac
 done
@@ -199,6 +207,7 @@ started=$SECONDS
 exec 3>&2
 report_failure() {
     local status=$?
+    if declare -F docker_engine_down >/dev/null; then docker_engine_down; fi
     if [ "$status" -ne 0 ] && [ -n "$current" ]; then
         echo "images: $current FAILED after $((SECONDS - started))s; log: ${log#"$root"/}" >&3
         tail -n 20 "$log" >&3 || true
@@ -248,6 +257,22 @@ for name in "${order[@]}"; do
         "${tar_file#"$root"/}" "$(du -h "$tar_file" | cut -f1)"
 done
 current=
+
+# `docker load` of buildah's OCI archives fails on Docker 20.10, and the
+# Dockerfiles have no RUN step: the engine builds the same staged contexts.
+if $docker && ! $stage_only; then
+    # shellcheck source=scripts/dockerd.sh
+    source scripts/dockerd.sh
+    docker_engine_up
+    for name in "${order[@]}"; do
+        current="$name (docker build)"
+        log=$out/$name.docker.log
+        started=$SECONDS
+        DOCKER_BUILDKIT=0 "$DOCKER" build -t "furnace/$name:dev" "$out/context/$name" >"$log" 2>&1
+        printf 'images: %-14s docker built  %3ds  furnace/%s:dev (%s)\n' "$name" $((SECONDS - started)) "$name" "$DOCKER_HOST"
+    done
+    current=
+fi
 
 $import || exit 0
 address=${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}

@@ -13,7 +13,8 @@ packages=(
     ca-certificates
     containerd        # the real containerd the shim is tested under (1.6 on bookworm)
     runc              # the peer the shim is benchmarked against
-    buildah           # builds our Dockerfiles without a Docker engine
+    buildah           # builds our Dockerfiles into OCI archives
+    docker.io         # tenants' `docker build`: our base images are built into it too
     libseccomp-dev    # libcontainer's seccomp support (links libseccomp)
     pkg-config
 )

@@ -5,7 +5,8 @@ use crate::exec::ExecProcess;
 use crate::process::ProcessState;
 use crate::record::TaskRecord;
 use crate::registration::{self, Registration};
-use crate::stdio;
+pub use crate::rootfs::RootfsMount;
+use crate::{rootfs, stdio};
 use furnace_runtime::launcher::cgroups::PartitionCgroups;
 use furnace_runtime::launcher::{self, Partition};
 use furnace_runtime::{harden, AppRequest, ProviderConfig, Role, SocketMounts};
@@ -30,12 +31,6 @@ pub struct CreateParams<'a> {
     pub stderr: &'a str,
     pub terminal: bool,
     pub config: &'a ProviderConfig,
-}
-
-pub struct RootfsMount {
-    pub fs_type: String,
-    pub source: String,
-    pub options: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,12 +137,23 @@ impl Instance {
             undo.registration = Some(r.clone());
         }
 
-        if let Some(gid) = hardened.host_gid {
-            open_bundle_to(p.bundle, gid)?;
-        }
-        let rootfs = p.bundle.join("rootfs");
-        if let Some(mounted) = mount_rootfs(&p.rootfs, &rootfs)? {
-            undo.record.mounted_rootfs = Some(mounted);
+        let spec_root = hardened
+            .spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        let rootfs = rootfs::mount(
+            p.namespace,
+            p.id,
+            p.bundle,
+            &p.rootfs,
+            &spec_root,
+            hardened.host_gid,
+        )?;
+        undo.record.mounted_rootfs = Some(rootfs.clone());
+        if let Some(root) = hardened.spec.root_mut() {
+            root.set_path(rootfs.clone());
         }
         furnace_runtime::launcher::mountpoints::create(&rootfs, &hardened.spec)
             .map_err(CreateError::Failed)?;
@@ -236,45 +242,6 @@ fn register(
     Ok(Some(registration))
 }
 
-/// containerd 1.6 makes the bundle 0700 root, which the partition's root
-/// (a host uid in the user namespace) cannot traverse to reach its rootfs;
-/// like containerd 1.7 for user namespaces, let the mapped gid traverse it.
-fn open_bundle_to(bundle: &Path, host_gid: u32) -> Result<(), CreateError> {
-    use std::os::unix::fs::PermissionsExt;
-    let failed = |e: std::io::Error| {
-        CreateError::Failed(format!(
-            "letting gid {host_gid} traverse {}: {e}",
-            bundle.display()
-        ))
-    };
-    std::os::unix::fs::chown(bundle, None, Some(host_gid)).map_err(failed)?;
-    std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710)).map_err(failed)
-}
-
-fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<Option<PathBuf>, CreateError> {
-    match mounts {
-        [] => Ok(None),
-        [m] => {
-            std::fs::create_dir_all(target)
-                .map_err(|e| CreateError::Failed(format!("creating {}: {e}", target.display())))?;
-            containerd_shim::mount::mount_rootfs(
-                Some(m.fs_type.as_str()),
-                Some(m.source.as_str()),
-                &m.options,
-                target,
-            )
-            .map_err(|e| {
-                CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type))
-            })?;
-            Ok(Some(target.to_owned()))
-        }
-        _ => Err(CreateError::Invalid(format!(
-            "{} rootfs mounts given; io.furnace.v1 takes one (a snapshotter mount)",
-            mounts.len()
-        ))),
-    }
-}
-
 /// Removes everything a task left on the host: processes, cgroups
 /// (with their empty parents), libcontainer state, the rootfs mount and the
 /// sidecar registration. Safe to repeat. Returns what could not be removed.
@@ -293,10 +260,9 @@ pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec
         cgroups.remove_empty_parents();
         let _ = std::fs::remove_dir(&record.state_root);
     }
-    if let Some(rootfs) = &record.mounted_rootfs {
-        match nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => problems.push(format!("unmounting {}: {e}", rootfs.display())),
+    if let Some(mounted) = &record.mounted_rootfs {
+        if let Err(e) = rootfs::remove(mounted) {
+            problems.push(e);
         }
     }
     let from_record = || -> Option<Registration> {

@@ -15,7 +15,7 @@ pub struct TaskRecord {
     pub state_root: PathBuf,
     /// The cgroup path the partition runs in (`linux.cgroupsPath`).
     pub cgroups_path: PathBuf,
-    /// The rootfs the shim mounted (None when containerd passed none).
+    /// The rootfs the shim mounted (`rootfs::partition_dir(..)/rootfs`).
     pub mounted_rootfs: Option<PathBuf>,
     /// The sidecar registration, for an app.
     pub guest: Option<String>,

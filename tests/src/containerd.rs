@@ -1,9 +1,12 @@
 //! A private, real containerd for the end-to-end tests: Debian's containerd
 //! 1.6 (`/usr/bin/containerd`), driven with the real `ctr`. There is no mock.
 //!
-//! Each [`TestContainerd`] has its own root, state, gRPC and ttrpc sockets
-//! under `/run/furnace-test/containerd/<label>-<pid>/`, so tests never talk to
-//! the system's containerd (`/run/containerd/containerd.sock`). containerd is
+//! Each [`TestContainerd`] has its own gRPC and ttrpc sockets under
+//! `/run/furnace-test/containerd/<label>-<pid>/`, so tests never talk to the
+//! system's containerd (`/run/containerd/containerd.sock`). Its root and
+//! state are either private directories beside them, `0700 root` as on a
+//! provider's host ([`Layout::Private`]), or containerd's own defaults
+//! ([`Layout::Stock`]): no fixture is kinder than production. containerd is
 //! started with [`shim_dir`] and [`bin_dir`] first on its `PATH`, which is
 //! where containerd's runtime v2 looks up `containerd-shim-furnace-v1` for
 //! `--runtime io.furnace.v1`.
@@ -28,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::OpenOptions;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, Once};
@@ -79,24 +83,61 @@ fn registry() -> std::sync::MutexGuard<'static, Vec<Started>> {
     STARTED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The directories a [`TestContainerd`] keeps its root and state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `<fixture>/root` and `<fixture>/state`, both `0700 root` as a
+    /// containerd whose state directory predates it has them (containerd
+    /// itself makes a new state directory 0711, and leaves an existing one
+    /// as it is; a shim that ran first creates `/run/containerd` 0700).
+    Private,
+    /// containerd's own defaults, `/var/lib/containerd` and `/run/containerd`,
+    /// as Debian's package runs it: the config names only the sockets.
+    /// There can be one at a time on a machine.
+    Stock,
+}
+
+/// containerd's default root and state (`Layout::Stock`).
+pub const STOCK_ROOT: &str = "/var/lib/containerd";
+pub const STOCK_STATE: &str = "/run/containerd";
+
 impl TestContainerd {
+    /// [`TestContainerd::start_with`] on the [`Layout::Private`] layout.
+    pub fn start(label: &str) -> Result<TestContainerd> {
+        Self::start_with(label, Layout::Private)
+    }
+
     /// Creates a fresh fixture directory for `label` (removing a stale one of
     /// the same name), writes its `config.toml`, starts containerd and waits
     /// until `ctr version` gets an answer from it (at most 10 s; on failure
-    /// the error carries the tail of the log).
-    pub fn start(label: &str) -> Result<TestContainerd> {
+    /// the error carries the tail of the log). The sockets and the log are in
+    /// the fixture directory whatever the layout.
+    pub fn start_with(label: &str, layout: Layout) -> Result<TestContainerd> {
         let dir = Path::new(FIXTURE_ROOT).join(format!("{label}-{}", std::process::id()));
         if dir.exists() {
             unmount_under(&dir);
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the stale {}", dir.display()))?;
         }
-        for sub in ["root", "state"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let address = dir.join("containerd.sock");
-        std::fs::write(dir.join("config.toml"), config_toml(&dir, &address))?;
+        let config = match layout {
+            Layout::Private => {
+                for sub in ["root", "state"] {
+                    let path = dir.join(sub);
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                }
+                private_config_toml(&dir, &address)
+            }
+            Layout::Stock => {
+                refuse_a_running_stock_containerd()?;
+                sockets_only_config_toml(&address)
+            }
+        };
+        std::fs::write(dir.join("config.toml"), config)?;
         let log = dir.join("containerd.log");
         let pid = match spawn(&dir.join("config.toml"), &log) {
             Ok(pid) => pid,
@@ -276,25 +317,36 @@ pub fn shim_dir() -> PathBuf {
 }
 
 /// The `containerd-shim-furnace-v1` containerd will find first on its
-/// `PATH` ([`shim_dir`]); panics when it is missing or older than the
-/// sources it is built from, naming the script that builds it.
+/// `PATH` ([`shim_dir`]), checked together with the `furnace-init` beside
+/// it that the shim runs every app under as PID 1; panics when either is
+/// missing or older than the sources it is built from, naming the script
+/// that builds them.
 pub fn require_furnace_shim() -> PathBuf {
-    let shim = shim_dir().join("containerd-shim-furnace-v1");
     let build = "run `scripts/build-shim.sh` (`make build` does)";
-    let built = std::fs::metadata(&shim)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing; {build}", shim.display()));
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    for sources in ["shim/src", "runtime/src", "runtime/seccomp", "api/src"] {
-        if let Some(newer) = newest_file(&workspace.join(sources)).filter(|(t, _)| *t > built) {
-            panic!(
-                "{} is older than {}; {build}",
-                shim.display(),
-                newer.1.display()
-            );
+    let staged: [(&str, &[&str]); 2] = [
+        (
+            "containerd-shim-furnace-v1",
+            &["shim/src", "runtime/src", "runtime/seccomp", "api/src"],
+        ),
+        ("furnace-init", &["init/src"]),
+    ];
+    for (name, sources) in staged {
+        let binary = shim_dir().join(name);
+        let built = std::fs::metadata(&binary)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| panic!("{} is missing; {build}", binary.display()));
+        for dir in sources {
+            if let Some(newer) = newest_file(&workspace.join(dir)).filter(|(t, _)| *t > built) {
+                panic!(
+                    "{} is older than {}; {build}",
+                    binary.display(),
+                    newer.1.display()
+                );
+            }
         }
     }
-    shim
+    shim_dir().join("containerd-shim-furnace-v1")
 }
 
 fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
@@ -352,9 +404,50 @@ fn spawn(config: &Path, log: &Path) -> Result<i32> {
     Ok(child.id() as i32)
 }
 
-/// The `config.toml` of a fixture: version 2, private root, state and
-/// sockets, CRI disabled (the tests use ctr, and CRI is slow to start).
-fn config_toml(dir: &Path, address: &Path) -> String {
+/// A [`Layout::Stock`] containerd must be the only one on the stock
+/// directories: a second one would wait forever for the metadata lock.
+fn refuse_a_running_stock_containerd() -> Result<()> {
+    let system_socket = Path::new(STOCK_STATE).join("containerd.sock");
+    if !system_socket.exists() {
+        return Ok(());
+    }
+    let answered = Command::new(CTR)
+        .arg("--address")
+        .arg(&system_socket)
+        .args(["--connect-timeout", "1s", "version"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if answered {
+        bail!(
+            "a containerd already runs on the stock layout ({STOCK_ROOT}, {STOCK_STATE}; it answers on {}); \
+             the stock-layout tests start their own there and cannot share it: stop it and run them again",
+            system_socket.display()
+        );
+    }
+    Ok(())
+}
+
+/// The `config.toml` of a [`Layout::Stock`] fixture: socket paths and
+/// nothing else, so root, state and every plugin keep containerd's defaults.
+fn sockets_only_config_toml(address: &Path) -> String {
+    format!(
+        r#"version = 2
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+"#,
+        address = address.display(),
+    )
+}
+
+/// The `config.toml` of a [`Layout::Private`] fixture: version 2, private
+/// root, state and sockets, CRI disabled (the tests use ctr, and CRI is slow
+/// to start).
+fn private_config_toml(dir: &Path, address: &Path) -> String {
     format!(
         r#"version = 2
 root = "{root}"

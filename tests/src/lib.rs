@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub mod containerd;
+pub mod docker;
 mod host;
 pub mod running;
 pub mod stack;
@@ -178,6 +179,17 @@ impl TestGuest {
             }
         }
         panic!("VMI's process list differs from the guest's ps three times running:\n{last}");
+    }
+
+    /// Runs `f` with the guest stopped over QMP, one such look at a time
+    /// (shared with [`TestGuest::assert_ps_matches`]), and resumes it after.
+    pub fn while_paused<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _one_at_a_time = self.pausing.lock().unwrap_or_else(|p| p.into_inner());
+        let qemu = QemuGuest::attach(&self.dir).expect("attach for pause/resume");
+        qemu.pause().expect("pause");
+        let result = f();
+        qemu.resume().expect("resume");
+        result
     }
 
     /// Kills QEMU outright, as a crash would.

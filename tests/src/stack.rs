@@ -4,7 +4,9 @@
 //! `tests/images/probe/Dockerfile` and imported into it; example app images
 //! (`oci-images/`) are imported on request ([`FurnaceStack::import`]).
 
-use crate::containerd::{image_archive, require_furnace_shim, TestContainerd, FURNACE_RUNTIME};
+use crate::containerd::{
+    image_archive, require_furnace_shim, Layout, TestContainerd, FURNACE_RUNTIME,
+};
 use crate::running::RunningApp;
 use crate::{TestGuest, TestSidecar};
 use anyhow::Result;
@@ -15,6 +17,8 @@ use std::process::Output;
 /// (`shim/src/instance.rs`).
 pub const STATE_ROOT: &str = "/run/furnace/runtime";
 pub const CGROUP_PARENT: &str = "furnace";
+/// Where the shim mounts partitions' root filesystems (`shim/src/rootfs.rs`).
+pub const ROOTFS_ROOT: &str = "/run/furnace/rootfs";
 
 pub struct FurnaceStack {
     pub guest: TestGuest,
@@ -24,11 +28,16 @@ pub struct FurnaceStack {
 }
 
 impl FurnaceStack {
+    /// The stack on a private containerd ([`Layout::Private`]).
     pub fn start(label: &str) -> Result<FurnaceStack> {
+        Self::start_on(label, Layout::Private)
+    }
+
+    pub fn start_on(label: &str, layout: Layout) -> Result<FurnaceStack> {
         require_furnace_shim();
         let guest = TestGuest::start(label, &[])?;
         let sidecar = TestSidecar::start(&guest, &[])?;
-        let containerd = TestContainerd::start(label)?;
+        let containerd = TestContainerd::start_with(label, layout)?;
         let image = containerd.import_image(&image_archive("probe"))?;
         Ok(FurnaceStack {
             guest,
@@ -182,6 +191,10 @@ impl FurnaceStack {
                     traces.push(format!("cgroup {}", leaf.display()));
                 }
             }
+        }
+        let rootfs = PathBuf::from(ROOTFS_ROOT).join(ns).join(id);
+        if rootfs.exists() {
+            traces.push(format!("rootfs directory {}", rootfs.display()));
         }
         let socket = self.app_socket(id);
         if socket.exists() {

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 const APP: &str = "/usr/bin/furnace-syscall-trace";
 const READY: Duration = Duration::from_secs(60);
+/// The longest a sync event may hold the guest: the sidecar's default `max_pause_ms`.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn stack() -> &'static FurnaceStack {
@@ -158,9 +160,14 @@ fn the_exec_and_exit_of_the_guests_sleep_are_reported_for_its_pid() {
 }
 
 /// The sync subscriber holds the guest from its first event (and would for
-/// ten minutes: `--delay-ms`); SIGKILL to it, and the guest runs again.
+/// ten minutes: `--delay-ms`); SIGKILL to it, and the guest runs again
+/// because the app's connection closed. What shows the cause is the bound:
+/// the guest must run again well before the 10 s a sync hold may last
+/// (`max_pause_ms`, the other way it would end), so half of that is the
+/// limit. This is no speed figure (that is `cargo bench --bench events`);
+/// runs here took 4-7 ms.
 #[test]
-fn a_sigkilled_sync_subscriber_lets_the_guest_run_within_100_ms() {
+fn a_sigkilled_sync_subscriber_lets_the_guest_run_at_once() {
     let _turn = one_at_a_time();
     let _app = start_trace(
         "trace-sync",
@@ -192,12 +199,15 @@ fn a_sigkilled_sync_subscriber_lets_the_guest_run_within_100_ms() {
             break killed.elapsed();
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(10),
+            killed.elapsed() < HOLD_LIMIT,
             "the guest stayed held after SIGKILL"
         );
     };
     eprintln!("the guest ran again {released:?} after SIGKILL ({polls} QMP polls)");
-    assert!(released < Duration::from_millis(100), "{released:?}");
+    assert!(
+        released < HOLD_LIMIT / 2,
+        "the guest ran again only {released:?} after SIGKILL: that is the hold's own limit ({HOLD_LIMIT:?}) running out, not the disconnect"
+    );
     ps.join()
         .unwrap()
         .expect("the guest's ps finishes after the release");
