@@ -3,8 +3,10 @@
 # for size and statically linked (it stays resident for every task; see
 # docs/benchmarks.md), into target/furnace-shim/, next to a link to its launch
 # helper (target/release/furnace-launch-helper, which links libcontainer and
-# runs only per request). Prints the directory. Safe to run again: cargo
-# rebuilds only what changed.
+# runs only per request) and furnace-init, the PID 1 of every app partition
+# (static too: it runs inside the app's image, which may have another libc
+# or none). Prints the directory. Safe to run again: cargo rebuilds only what
+# changed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -16,15 +18,23 @@ out=$root/target/furnace-shim
 # libseccomp, a shared library a static binary cannot take).
 # RELR packs the relative relocations a static PIE applies to itself at
 # start: 24k of them, read in full, otherwise.
-RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
+# The init is built with the same flags, so neither build undoes the other's.
+static_flags="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
+RUSTFLAGS=$static_flags \
     cargo build --profile shim --target "$target" --no-default-features \
     -p containerd-shim-furnace-v1 --bin containerd-shim-furnace-v1 >&2
+RUSTFLAGS=$static_flags \
+    cargo build --profile shim --target "$target" -p furnace-init --bin furnace-init >&2
 cargo build --release -p containerd-shim-furnace-v1 --bin furnace-launch-helper >&2
 
 shim=$root/target/$target/shim/containerd-shim-furnace-v1
-ldd "$shim" 2>&1 | grep -qE 'not a dynamic executable|statically linked' ||
-    { echo "$shim is not statically linked" >&2; exit 1; }
+init=$root/target/$target/shim/furnace-init
+for binary in "$shim" "$init"; do
+    ldd "$binary" 2>&1 | grep -qE 'not a dynamic executable|statically linked' ||
+        { echo "$binary is not statically linked" >&2; exit 1; }
+done
 mkdir -p "$out"
 install -m 0755 "$shim" "$out/containerd-shim-furnace-v1"
+install -m 0755 "$init" "$out/furnace-init"
 ln -sfn ../release/furnace-launch-helper "$out/furnace-launch-helper"
 echo "$out"

@@ -52,6 +52,11 @@ pub enum PolicyError {
         fix: String,
     },
 
+    /// The caller passed no PID 1 init where the role needs one, or one
+    /// the policy cannot mount.
+    #[error("PID 1 init: {problem}; {fix}")]
+    Init { problem: String, fix: String },
+
     /// An embedded seccomp data file is broken (a build-time bug; tests catch it).
     #[error("seccomp profile `{role}`: {problem}; fix runtime/seccomp/{role}.json")]
     SeccompData { role: &'static str, problem: String },

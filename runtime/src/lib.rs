@@ -84,6 +84,7 @@ pub fn harden_as(
     policy::masked_and_readonly_paths(&mut spec);
     policy::strip_host_reach(&mut spec, &mut notes);
     policy::mounts(&mut spec, role, config, sockets, &mut notes)?;
+    policy::init_for_role(&mut spec, role, sockets.init.as_deref())?;
     policy::seccomp(&mut spec, role, config)?;
 
     Ok(Hardened {

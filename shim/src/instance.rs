@@ -98,9 +98,16 @@ impl Instance {
             .guest
             .as_deref()
             .map(|g| registration::app_socket(&p.config.socket_root, g, &app_id));
+        // Apps run under furnace-init as PID 1 (docs/shim.md, "PID 1"); a
+        // CRI sandbox's pause process is an init itself.
+        let init = (role != Role::Sandbox)
+            .then(launcher::init_path)
+            .transpose()
+            .map_err(CreateError::Failed)?;
         let sockets = SocketMounts {
             vmi: vmi_socket,
             fac: None,
+            init,
         };
         let mut hardened = harden(spec, &annotations, p.config, &sockets)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;

@@ -46,6 +46,11 @@ impl RunningApp {
         })
     }
 
+    /// The pid of `ctr` itself (to signal it as a terminal's Ctrl-C would).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a stderr line containing `text` (an app saying it is ready).
     pub fn wait_stderr(&mut self, text: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

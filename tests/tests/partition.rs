@@ -44,7 +44,10 @@ fn the_kernel_reports_the_policy_to_the_app() {
     assert_eq!(p["interfaces"], serde_json::json!(["lo"]));
     assert_eq!(p["af_inet_socket"], "EPERM");
     assert_eq!(p["fds_at_start"], serde_json::json!([0, 1, 2]));
-    assert_eq!(p["pid"], 1, "own pid namespace");
+    assert_eq!(
+        p["pid"], 2,
+        "own pid namespace, under furnace-init as PID 1"
+    );
     assert_eq!(p["vmi_socket"], "socket");
     assert_eq!(p["cgroup"]["pids.max"], "30");
     assert_eq!(

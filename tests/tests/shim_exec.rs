@@ -57,6 +57,11 @@ fn namespaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
 fn cgroup_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
 }
@@ -129,9 +134,10 @@ fn a_detached_exec_shares_the_partition_and_is_killed_alone() {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect();
+    // Neither the init (furnace-init) nor the app it runs as its child.
     let exec_pid = *pids
         .iter()
-        .find(|p| **p != init)
+        .find(|p| **p != init && parent_of(**p) != Some(init))
         .unwrap_or_else(|| panic!("no exec pid in {ps}"));
     assert_eq!(namespaces_of(exec_pid), namespaces_of(init));
     assert_eq!(cgroup_of(exec_pid), cgroup_of(init));

@@ -15,6 +15,25 @@ pub fn helper_path() -> std::io::Result<PathBuf> {
     Ok(exe.with_file_name(HELPER_BIN))
 }
 
+/// The PID 1 init of app partitions (`init/`), installed beside the shim.
+pub const INIT_BIN: &str = "furnace-init";
+
+/// The host's init: [`INIT_BIN`] in the current executable's directory,
+/// or an error naming the file that is missing.
+pub fn init_path() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("finding {INIT_BIN}: the shim's own path: {e}"))?;
+    let init = exe.with_file_name(INIT_BIN);
+    if !init.is_file() {
+        return Err(format!(
+            "{} is missing: apps run under it as PID 1; install {INIT_BIN} next to {} (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
+            init.display(),
+            exe.display()
+        ));
+    }
+    Ok(init)
+}
+
 /// Runs the helper for `request`. `stdio` (Create only) becomes the
 /// container's stdin, stdout and stderr; `None` entries are `/dev/null`.
 pub(super) fn call(request: &Request, stdio: Option<Stdio>) -> Result<Reply, LaunchError> {

@@ -17,7 +17,7 @@ mod join;
 pub mod mountpoints;
 pub mod protocol;
 
-pub use client::helper_path;
+pub use client::{helper_path, init_path, INIT_BIN};
 use protocol::{Reply, Request, Target};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

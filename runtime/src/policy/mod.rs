@@ -14,7 +14,9 @@ use oci_spec::runtime::{
 };
 use std::path::{Component, Path, PathBuf};
 
+mod init;
 mod mounts;
+pub use init::{init_for_role, pid1_init, INIT_PATH};
 pub use mounts::mounts;
 
 /// Where the app finds its VMI socket.
@@ -49,8 +51,8 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Host paths of the sockets to bind into the partition. Both must lie under
-/// the provider's `socket_root`.
+/// Host paths to bind into the partition's `/run/furnace`: the sockets,
+/// both under the provider's `socket_root`, and the init.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SocketMounts {
     /// The app's own VMI socket, `<root>/guests/<guest>/apps/<id>.sock`.
@@ -58,6 +60,10 @@ pub struct SocketMounts {
     pub vmi: Option<PathBuf>,
     /// The facilities relay's socket for this app, if a backend is named.
     pub fac: Option<PathBuf>,
+    /// The host's `furnace-init`, run as PID 1 from [`INIT_PATH`]
+    /// ([`pid1_init`]). Required for [`Role::App`] and [`Role::Fac`],
+    /// refused for [`Role::Sandbox`].
+    pub init: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------- root, process

@@ -3,13 +3,23 @@
 
 use super::*;
 
-fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+pub(super) fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
     let mut m = Mount::default();
     m.set_destination(PathBuf::from(dest));
     m.set_typ(Some(typ.into()));
     m.set_source(Some(PathBuf::from(source)));
     m.set_options(Some(options.iter().map(|s| s.to_string()).collect()));
     m
+}
+
+/// The tiny tmpfs at [`SOCKET_DIR`] that holds the sockets and the init.
+pub(super) fn socket_dir() -> Mount {
+    mount(
+        SOCKET_DIR,
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "nodev", "noexec", "mode=755", "size=64k"],
+    )
 }
 
 fn clean(dest: &Path) -> String {
@@ -254,12 +264,7 @@ pub fn mounts(
     out.push(mount("/tmp", "tmpfs", "tmpfs", &tmp_opts));
 
     if sockets.vmi.is_some() || sockets.fac.is_some() {
-        out.push(mount(
-            SOCKET_DIR,
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "nodev", "noexec", "mode=755", "size=64k"],
-        ));
+        out.push(socket_dir());
         for (path, dest) in [(&sockets.vmi, VMI_SOCKET), (&sockets.fac, FAC_SOCKET)] {
             if let Some(p) = path {
                 let mut m = mount(dest, "bind", "", &["bind", "nosuid", "nodev", "noexec"]);

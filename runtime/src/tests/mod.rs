@@ -2,6 +2,7 @@
 //! Here the fixtures and the defaults; limits and permissions in `limits.rs`,
 //! roles, namespaces and mounts in `roles.rs`.
 
+mod init;
 mod limits;
 mod roles;
 
@@ -34,10 +35,14 @@ fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// Where the tests say the host keeps `furnace-init`.
+const HOST_INIT: &str = "/usr/local/bin/furnace-init";
+
 fn app_sockets() -> SocketMounts {
     SocketMounts {
         vmi: Some(PathBuf::from("/run/furnace/guests/g1/apps/app1.sock")),
         fac: None,
+        init: Some(PathBuf::from(HOST_INIT)),
     }
 }
 

@@ -101,6 +101,7 @@ fn fac_keeps_its_network_and_gets_no_vmi_socket() {
     let sockets = SocketMounts {
         vmi: None,
         fac: Some("/run/furnace/fac/app1.sock".into()),
+        init: Some(HOST_INIT.into()),
     };
     let h = harden_as(
         Role::Fac,
@@ -215,7 +216,7 @@ fn sockets_must_come_from_the_socket_root() {
     ] {
         let s = SocketMounts {
             vmi: Some(bad.into()),
-            fac: None,
+            ..app_sockets()
         };
         let e = harden(
             Spec::default(),
