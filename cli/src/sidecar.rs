@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use furnace_api::v1::{Permission, RegisterRequest};
 use furnace_api::Admin;
+use furnace_config::ProviderConfig;
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -13,8 +14,24 @@ pub struct SidecarArgs {
     /// The guest whose sidecar to talk to.
     #[arg(long, global = true)]
     guest: Option<String>,
-    #[arg(long, global = true, default_value = "/run/furnace")]
-    socket_root: PathBuf,
+    /// Root of Furnace's sockets. Default: `socket_root` of the provider
+    /// config (/run/furnace unless the file says otherwise).
+    #[arg(long, global = true)]
+    socket_root: Option<PathBuf>,
+    /// The provider config the shim and the sidecar read. Default:
+    /// /etc/furnace/furnace.toml if it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl SidecarArgs {
+    /// `--socket-root`, else the provider config's `socket_root`.
+    pub fn socket_root(&self) -> Result<PathBuf> {
+        match &self.socket_root {
+            Some(root) => Ok(root.clone()),
+            None => Ok(ProviderConfig::load_from(self.config.as_deref())?.socket_root),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,12 +80,12 @@ pub fn parse_permissions(list: &str) -> Result<Vec<Permission>> {
 }
 
 pub fn run(args: SidecarArgs) -> Result<()> {
-    let Some(guest) = args.guest else {
+    let Some(guest) = args.guest.clone() else {
         bail!("--guest NAME is required")
     };
     let admin = Admin::connect(
         &args
-            .socket_root
+            .socket_root()?
             .join("guests")
             .join(&guest)
             .join("admin.sock"),

@@ -1,7 +1,5 @@
 //! The one error type of the partition policy. Every message names the
-//! annotation, config field or spec field at fault and says what to do.
-
-use std::path::PathBuf;
+//! annotation, config key or spec field at fault and says what to do.
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -14,26 +12,10 @@ pub enum PolicyError {
         fix: String,
     },
 
-    /// The provider config holds a value the policy cannot use.
-    #[error("provider config field `{field}`: {problem}; {fix}")]
-    Config {
-        field: String,
-        problem: String,
-        fix: String,
-    },
-
-    /// The provider config file exists but could not be read.
-    #[error("cannot read provider config {path}: {source}; fix its permissions or point containerd's runtime option `ConfigPath` at a readable file")]
-    ConfigIo {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The provider config file is not valid TOML for [`crate::ProviderConfig`]
-    /// (this includes unknown keys).
-    #[error("provider config {path} is invalid: {message}; fix the file (every field is optional, see runtime/README.md)")]
-    ConfigParse { path: PathBuf, message: String },
+    /// The provider config cannot be read or used (furnace-config's error,
+    /// naming the file and the key).
+    #[error(transparent)]
+    Config(#[from] furnace_config::ConfigError),
 
     /// The incoming OCI spec carries something the partition may not have
     /// (for example a bind mount of a host path).
@@ -70,18 +52,6 @@ impl PolicyError {
     ) -> Self {
         PolicyError::Annotation {
             key: key.into(),
-            problem: problem.into(),
-            fix: fix.into(),
-        }
-    }
-
-    pub(crate) fn config(
-        field: impl Into<String>,
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        PolicyError::Config {
-            field: field.into(),
             problem: problem.into(),
             fix: fix.into(),
         }

@@ -2,7 +2,8 @@
 //! `(Spec, annotations, provider config) → Spec`. Nothing here needs root or
 //! touches the host, so the whole policy is visible and testable in the spec.
 //!
-//! - [`config`]: the provider config (`/etc/furnace/furnace.toml`);
+//! - [`config`]: the provider config (`/etc/furnace/furnace.toml`), the
+//!   `furnace-config` crate re-exported;
 //! - [`annotations`]: the `furnace.dev/*` contract and the role;
 //! - [`policy`]: the hardening steps, one function each;
 //! - [`seccomp`]: the per-role syscall allowlists (data in `runtime/seccomp/`);
@@ -10,16 +11,16 @@
 //!   single-threaded helper process.
 
 pub mod annotations;
-pub mod config;
 pub mod error;
 pub mod launcher;
 pub mod policy;
 pub mod seccomp;
-pub mod units;
 
 pub use annotations::{AppRequest, Backend, Role};
-pub use config::{Limits, ProviderConfig, SeccompMode};
 pub use error::PolicyError;
+pub use furnace_config as config;
+pub use furnace_config::units;
+pub use furnace_config::{ConfigError, Limits, ProviderConfig, SeccompMode};
 pub use policy::{SocketMounts, FAC_SOCKET, VMI_SOCKET};
 
 use oci_spec::runtime::Spec;

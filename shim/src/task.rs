@@ -540,9 +540,6 @@ fn load_config(
     options: Option<&containerd_shim::protos::protobuf::well_known_types::any::Any>,
 ) -> ttrpc::Result<ProviderConfig> {
     let path = options.and_then(options::config_path);
-    let loaded = match &path {
-        Some(p) => ProviderConfig::load(p),
-        None => ProviderConfig::load_default(),
-    };
-    loaded.map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))
+    ProviderConfig::load_from(path.as_deref())
+        .map_err(|e| error(Code::INVALID_ARGUMENT, e.to_string()))
 }

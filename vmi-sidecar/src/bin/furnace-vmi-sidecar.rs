@@ -3,13 +3,13 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use furnace_config::{ProviderConfig, DEFAULT_CONFIG_PATH};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::linux::LinuxKernel;
 use furnace_vmi::profile::Profile;
-use furnace_vmi::server::{Limits, Sidecar};
-use serde::Deserialize;
+use furnace_vmi::server::Sidecar;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(name = "furnace-vmi-sidecar", version, about)]
@@ -23,17 +23,14 @@ struct Args {
     /// ISF profile of the guest kernel; default: `profile.json` in the guest directory.
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// Provider config (TOML); the `[sidecar]` table sets per-app limits.
+    /// The provider config the shim reads too; its `[sidecar]` table sets
+    /// the per-app limits. Default: /etc/furnace/furnace.toml if it exists.
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long, default_value = "/run/furnace")]
-    socket_root: PathBuf,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    sidecar: Limits,
+    /// Root of Furnace's sockets. Default: the config's `socket_root`
+    /// (/run/furnace unless the file says otherwise).
+    #[arg(long)]
+    socket_root: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -45,24 +42,22 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let limits = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
-                .sidecar
-        }
-        None => Limits::default(),
+    let config = ProviderConfig::load_from(args.config.as_deref())?;
+    let socket_root = args.socket_root.as_ref().unwrap_or(&config.socket_root);
+    let source = match &args.config {
+        Some(path) => path.display().to_string(),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.to_string(),
+        None => "none (the defaults)".to_string(),
     };
+    tracing::info!(config = %source, socket_root = %socket_root.display(), "provider config");
     let profile_path = args
         .profile
         .clone()
         .unwrap_or_else(|| args.guest_dir.join("profile.json"));
     let driver = QemuGuest::attach(&args.guest_dir)?;
     let kernel = LinuxKernel::attach(Box::new(driver), Profile::load(&profile_path)?)?;
-    let dir = args.socket_root.join("guests").join(&args.guest);
-    let sidecar = Sidecar::new(&args.guest, kernel, limits, &dir)
+    let dir = socket_root.join("guests").join(&args.guest);
+    let sidecar = Sidecar::new(&args.guest, kernel, config.sidecar.clone(), &dir)
         .with_context(|| format!("preparing {}", dir.display()))?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     sidecar.serve_admin().context("serving admin.sock")?;

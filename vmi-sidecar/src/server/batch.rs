@@ -1,20 +1,20 @@
 //! Linked batches: validated as a whole before anything runs, then executed in
 //! order, each call's links applied from the results before it.
 
-use super::limits::Limits;
 use super::ops::{execute, invalid, OpResult};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{
     call::Op, call_result::Value, BatchResponse, Call, CallResult, LinkOp, LinkTarget,
 };
 use furnace_api::{ApiError, ErrorCode};
+use furnace_config::SidecarConfig;
 
 /// The reply must fit in one frame; keep room for the envelope.
 const RESULT_BUDGET: usize = furnace_api::wire::MAX_PAYLOAD as usize - (64 << 10);
 
 /// Checks the whole batch: its length, and that every link points backwards,
 /// at a call that yields an integer, and into an argument its call has.
-pub fn validate(calls: &[Call], limits: &Limits) -> OpResult<()> {
+pub fn validate(calls: &[Call], limits: &SidecarConfig) -> OpResult<()> {
     if calls.len() > limits.max_batch_calls {
         return Err(ApiError::new(
             ErrorCode::LimitExceeded,
@@ -75,7 +75,7 @@ pub fn validate(calls: &[Call], limits: &Limits) -> OpResult<()> {
 }
 
 /// Runs a validated batch. The first failing call ends it.
-pub fn run(kernel: &LinuxKernel, limits: &Limits, calls: &[Call]) -> BatchResponse {
+pub fn run(kernel: &LinuxKernel, limits: &SidecarConfig, calls: &[Call]) -> BatchResponse {
     let mut results: Vec<CallResult> = Vec::with_capacity(calls.len());
     let mut integers: Vec<Option<u64>> = Vec::with_capacity(calls.len());
     let mut bytes = 0usize;
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn links_must_point_backwards_at_integers() {
-        let limits = Limits::default();
+        let limits = SidecarConfig::default();
         let sym = Call {
             op: Some(Op::SymbolAddress(SymbolRequest {
                 name: "init_task".into(),
@@ -299,9 +299,9 @@ mod tests {
 
     #[test]
     fn oversized_batches_are_refused_before_running() {
-        let limits = Limits {
+        let limits = SidecarConfig {
             max_batch_calls: 3,
-            ..Limits::default()
+            ..SidecarConfig::default()
         };
         let err = validate(&vec![read_at(0); 4], &limits).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);

@@ -8,13 +8,12 @@ mod batch;
 mod connection;
 mod events;
 mod lease;
-mod limits;
 mod ops;
 mod reply;
 mod vmi;
 
 pub use apps::App;
-pub use limits::Limits;
+pub use furnace_config::SidecarConfig;
 
 use crate::linux::LinuxKernel;
 use apps::Registry;
@@ -30,7 +29,7 @@ use std::sync::Arc;
 pub struct Sidecar {
     guest: String,
     kernel: Arc<LinuxKernel>,
-    limits: Limits,
+    limits: SidecarConfig,
     dir: PathBuf,
     apps: Registry,
     leases: Arc<Leases>,
@@ -51,7 +50,7 @@ impl Sidecar {
     pub fn new(
         guest: &str,
         kernel: LinuxKernel,
-        limits: Limits,
+        limits: SidecarConfig,
         dir: &Path,
     ) -> io::Result<Arc<Self>> {
         let kernel = Arc::new(kernel);

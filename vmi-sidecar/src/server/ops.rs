@@ -1,13 +1,13 @@
 //! The calls an app can make, executed against the guest. Unary RPCs and
 //! batch entries share this one implementation.
 
-use super::limits::Limits;
 use crate::error::VmiError;
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{
     call::Op, call_result::Value, AddressSpace, CallResult, Symbol, Translation,
 };
 use furnace_api::{ApiError, ErrorCode};
+use furnace_config::SidecarConfig;
 
 pub type OpResult<T> = std::result::Result<T, ApiError>;
 
@@ -18,7 +18,7 @@ impl From<VmiError> for ApiError {
 }
 
 /// Runs one batchable call.
-pub fn execute(kernel: &LinuxKernel, limits: &Limits, op: &Op) -> OpResult<CallResult> {
+pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResult<CallResult> {
     let value = match op {
         Op::ReadPhysical(r) => {
             let mut buf = sized_buffer(limits, r.size)?;
@@ -75,13 +75,13 @@ pub fn execute(kernel: &LinuxKernel, limits: &Limits, op: &Op) -> OpResult<CallR
 }
 
 /// A zeroed buffer of `size` bytes, refused before allocating when over the limit.
-fn sized_buffer(limits: &Limits, size: u64) -> OpResult<Vec<u8>> {
+fn sized_buffer(limits: &SidecarConfig, size: u64) -> OpResult<Vec<u8>> {
     check_read_size(limits, size)?;
     Ok(vec![0u8; size as usize])
 }
 
 /// Refuses a read over the per-call limit, before anything is allocated.
-pub fn check_read_size(limits: &Limits, size: u64) -> OpResult<()> {
+pub fn check_read_size(limits: &SidecarConfig, size: u64) -> OpResult<()> {
     if size > limits.max_read_bytes {
         return Err(ApiError::new(
             ErrorCode::LimitExceeded,

@@ -12,12 +12,12 @@ pub use decode::registers_message;
 pub use gate::RunGate;
 pub use hub::Owner;
 
-use super::limits::Limits;
 use crate::driver::VmControl;
 use crate::linux::LinuxKernel;
 use engine::{Engine, EngineParts, Status};
 use furnace_api::v1::{self, Permission};
 use furnace_api::ApiError;
+use furnace_config::SidecarConfig;
 use hub::Hub;
 use spec::Spec;
 use std::path::PathBuf;
@@ -55,7 +55,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Events {
     kernel: Arc<LinuxKernel>,
-    limits: Limits,
+    limits: SidecarConfig,
     hub: Arc<Hub>,
     gate: Arc<RunGate>,
     status: Arc<Status>,
@@ -74,7 +74,7 @@ impl Events {
         kernel: Arc<LinuxKernel>,
         control: Arc<dyn VmControl>,
         debugger: Option<PathBuf>,
-        limits: &Limits,
+        limits: &SidecarConfig,
     ) -> std::io::Result<Self> {
         let hub = Arc::new(Hub::new(limits.max_events_per_second));
         let running = recover_stranded_guest(control.as_ref(), debugger.as_deref());

@@ -1,12 +1,12 @@
 //! A subscription's request, checked once: which kernel hooks it needs, which
 //! permissions, and which hits it wants.
 
-use super::super::limits::Limits;
 use super::super::ops::invalid;
 use crate::linux::syscall::{handler_symbol, syscall_number};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, breakpoint_source::Target, event_spec::Source, Permission};
 use furnace_api::{ApiError, ErrorCode};
+use furnace_config::SidecarConfig;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -91,7 +91,7 @@ impl Spec {
     pub fn from_request(
         spec: &v1::EventSpec,
         kernel: &LinuxKernel,
-        limits: &Limits,
+        limits: &SidecarConfig,
     ) -> Result<Spec, ApiError> {
         let mut hooks = Vec::new();
         let mut timer = None;

@@ -1,0 +1,247 @@
+//! The tables of the provider config and their defaults. Every table is
+//! `#[serde(default, deny_unknown_fields)]`: any key may be left out, and a
+//! key the schema does not have is an error.
+
+use crate::units::ByteSize;
+use furnace_api::v1::Permission;
+use furnace_api::wire::MAX_PAYLOAD;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// CFS period used for every CPU quota, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The smallest CPU share that maps to a usable CFS quota (1 ms per 100 ms).
+pub const MIN_CPU: f64 = 0.01;
+
+/// The whole file. The shim reads all of it but `[sidecar]`, the sidecar
+/// reads `socket_root` and `[sidecar]`, the CLI reads `socket_root`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Root of Furnace's sockets on the host (`<root>/guests/<guest>/…`).
+    pub socket_root: PathBuf,
+    pub limits: LimitsConfig,
+    pub permissions: PermissionsConfig,
+    pub seccomp: SeccompConfig,
+    pub user_namespace: UserNamespaceConfig,
+    /// Whether `exec` into an app container is allowed (the shim refuses it otherwise).
+    pub allow_exec: bool,
+    /// Size of the app's `/tmp` tmpfs (counted against its memory limit).
+    pub tmp_size: ByteSize,
+    /// Whether files in `/tmp` may be executed. Off by default: with a
+    /// read-only root this means only the image's own binaries run.
+    pub tmp_exec: bool,
+    /// What the VMI sidecar allows each app.
+    pub sidecar: SidecarConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            socket_root: PathBuf::from("/run/furnace"),
+            limits: LimitsConfig::default(),
+            permissions: PermissionsConfig::default(),
+            seccomp: SeccompConfig::default(),
+            user_namespace: UserNamespaceConfig::default(),
+            allow_exec: false,
+            tmp_size: ByteSize::mib(16),
+            tmp_exec: false,
+            sidecar: SidecarConfig::default(),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The loosest limits an app may ask for.
+    pub fn max_limits(&self) -> Limits {
+        let d = self.limits.default;
+        let m = self.limits.max;
+        Limits {
+            cpu: m.cpu.unwrap_or(d.cpu),
+            memory: m.memory.unwrap_or(d.memory),
+            pids: m.pids.unwrap_or(d.pids),
+        }
+    }
+
+    /// The permissions that may be granted, as a set.
+    pub fn grantable(&self) -> BTreeSet<Permission> {
+        self.permissions.grantable.iter().copied().collect()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Limits an app gets when it asks for nothing.
+    pub default: Limits,
+    /// The loosest limits `furnace.dev/limits` may ask for. An unset field
+    /// equals the corresponding `default` field.
+    pub max: MaxLimits,
+}
+
+/// cgroup limits for one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// CPUs' worth of CFS quota (2.0 = 200 ms per 100 ms period).
+    pub cpu: f64,
+    /// Memory limit in bytes (swap is not added on top).
+    pub memory: ByteSize,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: u64,
+}
+
+impl Default for Limits {
+    /// The original research system's numbers: 2 CPUs, 300 MiB, 30 pids.
+    fn default() -> Self {
+        Limits {
+            cpu: 2.0,
+            memory: ByteSize::mib(300),
+            pids: 30,
+        }
+    }
+}
+
+impl Limits {
+    /// CFS quota in microseconds for [`CPU_PERIOD_US`].
+    pub fn cpu_quota_us(&self) -> i64 {
+        (self.cpu * CPU_PERIOD_US as f64).round() as i64
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaxLimits {
+    pub cpu: Option<f64>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// The VMI permissions an app may be granted. `write` (guest memory
+    /// writes) and `syscalls` (syscall tracing) are off unless the provider
+    /// opts in.
+    pub grantable: Vec<Permission>,
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        PermissionsConfig {
+            grantable: vec![Permission::Read, Permission::Pause, Permission::Events],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeccompConfig {
+    pub mode: SeccompMode,
+}
+
+/// What a syscall outside the allowlist gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// `EPERM`, so programs can fall back.
+    #[default]
+    Errno,
+    /// The whole partition is killed (`SCMP_ACT_KILL_PROCESS`).
+    Kill,
+}
+
+/// The host id range an app's user namespace maps onto: container id `n`
+/// becomes host id `host_uid + n`, for `n < size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserNamespaceConfig {
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub size: u32,
+}
+
+impl Default for UserNamespaceConfig {
+    fn default() -> Self {
+        UserNamespaceConfig {
+            host_uid: 100_000,
+            host_gid: 100_000,
+            size: 65_536,
+        }
+    }
+}
+
+/// The `[sidecar]` table: the per-app limits the VMI sidecar enforces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// The largest read (or string) one call may ask for. A reply must fit in
+    /// one 4 MiB frame, so this stays a little below that.
+    pub max_read_bytes: u64,
+    /// The most calls one batch may hold.
+    pub max_batch_calls: usize,
+    /// Calls one app may have executing at once, over all its connections.
+    pub max_in_flight: u32,
+    /// Connections one app may hold open.
+    pub max_connections: u32,
+    /// The longest pause lease granted; also how long a sync event may hold the guest.
+    pub max_pause_ms: u32,
+    /// Undelivered events a subscription keeps when it asks for no particular number.
+    pub default_event_queue: u32,
+    /// The most undelivered events a subscription may keep.
+    pub max_event_queue: u32,
+    /// Events per second one app may receive over all its subscriptions;
+    /// the rest are dropped and counted.
+    pub max_events_per_second: u32,
+    /// Event subscriptions one app may hold.
+    pub max_subscriptions: u32,
+}
+
+impl SidecarConfig {
+    /// The largest `max_read_bytes` whose reply still fits in one frame
+    /// (64 KiB are left for the reply's other fields).
+    pub const READ_BYTES_CEILING: u64 = MAX_PAYLOAD as u64 - (64 << 10);
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            max_read_bytes: Self::READ_BYTES_CEILING,
+            max_batch_calls: 4096,
+            max_in_flight: 8,
+            max_connections: 16,
+            max_pause_ms: 10_000,
+            default_event_queue: 1024,
+            max_event_queue: 65_536,
+            max_events_per_second: 20_000,
+            max_subscriptions: 64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_designs_numbers() {
+        let c = ProviderConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.socket_root, PathBuf::from("/run/furnace"));
+        assert_eq!(c.limits.default.cpu, 2.0);
+        assert_eq!(c.limits.default.memory, ByteSize(300 * 1024 * 1024));
+        assert_eq!(c.limits.default.pids, 30);
+        assert_eq!(c.max_limits(), c.limits.default);
+        assert_eq!(c.limits.default.cpu_quota_us(), 200_000);
+        assert_eq!(c.seccomp.mode, SeccompMode::Errno);
+        assert!(!c.allow_exec);
+        assert_eq!(
+            c.grantable(),
+            [Permission::Read, Permission::Pause, Permission::Events].into()
+        );
+        assert_eq!(c.sidecar.max_read_bytes, 4_128_768, "below one 4 MiB frame");
+        assert_eq!(c.sidecar.max_pause_ms, 10_000);
+    }
+}

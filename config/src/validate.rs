@@ -1,0 +1,147 @@
+//! The checks serde cannot make: ranges, and the order of default and max.
+
+use crate::error::ConfigError;
+use crate::schema::{Limits, ProviderConfig, SidecarConfig, MIN_CPU};
+use furnace_api::v1::Permission;
+use furnace_api::wire::MAX_PAYLOAD;
+
+impl ProviderConfig {
+    /// Checks values serde cannot: ranges, ordering of default and max.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.socket_root.is_absolute() {
+            return Err(ConfigError::invalid(
+                "socket_root",
+                format!("`{}` is not an absolute path", self.socket_root.display()),
+                "use an absolute path such as /run/furnace",
+            ));
+        }
+        for (section, l) in [
+            ("limits.default", self.limits.default),
+            ("limits.max", self.max_limits()),
+        ] {
+            check_limits(section, &l)?;
+        }
+        let (d, m) = (self.limits.default, self.max_limits());
+        if d.cpu > m.cpu {
+            return Err(exceeds("cpu", d.cpu.to_string(), m.cpu.to_string()));
+        }
+        if d.memory > m.memory {
+            return Err(exceeds(
+                "memory",
+                d.memory.to_string(),
+                m.memory.to_string(),
+            ));
+        }
+        if d.pids > m.pids {
+            return Err(exceeds("pids", d.pids.to_string(), m.pids.to_string()));
+        }
+        if self
+            .permissions
+            .grantable
+            .contains(&Permission::Unspecified)
+        {
+            return Err(ConfigError::invalid(
+                "permissions.grantable",
+                "`unspecified` is not a permission",
+                "list only read, write, pause, events and syscalls",
+            ));
+        }
+        let u = self.user_namespace;
+        for (key, base) in [
+            ("user_namespace.host_uid", u.host_uid),
+            ("user_namespace.host_gid", u.host_gid),
+        ] {
+            if base == 0 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must not be 0: the app would be root on the host",
+                    "map to an unused unprivileged range, e.g. host_uid = host_gid = 100000",
+                ));
+            }
+        }
+        if u.size == 0
+            || u.host_uid.checked_add(u.size - 1).is_none()
+            || u.host_gid.checked_add(u.size - 1).is_none()
+        {
+            return Err(ConfigError::invalid(
+                "user_namespace.size",
+                format!(
+                    "{} does not fit the host id space above the base ids",
+                    u.size
+                ),
+                "use a size between 1 and 65536 with a base such as 100000",
+            ));
+        }
+        if self.tmp_size.bytes() == 0 {
+            return Err(ConfigError::invalid(
+                "tmp_size",
+                "0 bytes would give tmpfs its default of half the host's RAM",
+                "set a small size such as \"16Mi\"",
+            ));
+        }
+        self.sidecar.validate()
+    }
+}
+
+impl SidecarConfig {
+    /// Checks the `[sidecar]` table (keys named `sidecar.*`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_read_bytes == 0 || self.max_read_bytes > Self::READ_BYTES_CEILING {
+            return Err(ConfigError::invalid(
+                "sidecar.max_read_bytes",
+                format!(
+                    "{} does not leave a reply room in one {MAX_PAYLOAD}-byte frame",
+                    self.max_read_bytes
+                ),
+                format!(
+                    "use a size between 1 and {} (the default)",
+                    Self::READ_BYTES_CEILING
+                ),
+            ));
+        }
+        if self.default_event_queue > self.max_event_queue {
+            return Err(ConfigError::invalid(
+                "sidecar.default_event_queue",
+                format!(
+                    "{} is more than sidecar.max_event_queue = {}",
+                    self.default_event_queue, self.max_event_queue
+                ),
+                "lower sidecar.default_event_queue or raise sidecar.max_event_queue",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_limits(section: &str, l: &Limits) -> Result<(), ConfigError> {
+    if !l.cpu.is_finite() || l.cpu < MIN_CPU {
+        return Err(ConfigError::invalid(
+            format!("{section}.cpu"),
+            format!("{} is not a usable CPU count", l.cpu),
+            format!("use a number of CPUs of at least {MIN_CPU}, e.g. 2.0"),
+        ));
+    }
+    if l.memory.bytes() == 0 {
+        return Err(ConfigError::invalid(
+            format!("{section}.memory"),
+            "0 bytes",
+            "set a memory limit such as \"300Mi\"",
+        ));
+    }
+    if l.pids == 0 || l.pids > i64::MAX as u64 {
+        return Err(ConfigError::invalid(
+            format!("{section}.pids"),
+            format!("{} is not a usable pids limit", l.pids),
+            "set a positive number such as 30",
+        ));
+    }
+    Ok(())
+}
+
+fn exceeds(what: &str, default: String, max: String) -> ConfigError {
+    ConfigError::invalid(
+        format!("limits.default.{what}"),
+        format!("{default} is looser than limits.max.{what} = {max}"),
+        format!("lower limits.default.{what} or raise limits.max.{what}"),
+    )
+}
