@@ -21,7 +21,7 @@ pub use error::PolicyError;
 pub use furnace_config as config;
 pub use furnace_config::units;
 pub use furnace_config::{ConfigError, Limits, ProviderConfig, SeccompMode};
-pub use policy::{SocketMounts, FAC_SOCKET, VMI_SOCKET};
+pub use policy::{HostBinds, FAC_SOCKET, VMI_SOCKET};
 
 use oci_spec::runtime::Spec;
 use std::collections::HashMap;
@@ -50,14 +50,14 @@ pub fn harden(
     spec: Spec,
     annotations: &HashMap<String, String>,
     config: &ProviderConfig,
-    sockets: &SocketMounts,
+    binds: &HostBinds,
 ) -> Result<Hardened, PolicyError> {
     harden_as(
         Role::from_annotations(annotations),
         spec,
         annotations,
         config,
-        sockets,
+        binds,
     )
 }
 
@@ -68,7 +68,7 @@ pub fn harden_as(
     mut spec: Spec,
     annotations: &HashMap<String, String>,
     config: &ProviderConfig,
-    sockets: &SocketMounts,
+    binds: &HostBinds,
 ) -> Result<Hardened, PolicyError> {
     config.validate()?;
     let request = annotations::parse(annotations, config, role)?;
@@ -84,8 +84,8 @@ pub fn harden_as(
     let limits = policy::resources(&mut spec, &request.limits, &mut notes);
     policy::masked_and_readonly_paths(&mut spec);
     policy::strip_host_reach(&mut spec, &mut notes);
-    policy::mounts(&mut spec, role, config, sockets, &mut notes)?;
-    policy::init_for_role(&mut spec, role, sockets.init.as_deref())?;
+    policy::mounts(&mut spec, role, config, binds, &mut notes)?;
+    policy::init_for_role(&mut spec, role, binds.init.as_deref())?;
     policy::seccomp(&mut spec, role, config)?;
 
     Ok(Hardened {

@@ -9,7 +9,7 @@ pub use crate::rootfs::RootfsMount;
 use crate::{rootfs, stdio};
 use furnace_runtime::launcher::cgroups::PartitionCgroups;
 use furnace_runtime::launcher::{self, Partition};
-use furnace_runtime::{harden, AppRequest, ProviderConfig, Role, SocketMounts};
+use furnace_runtime::{harden, AppRequest, HostBinds, ProviderConfig, Role};
 use oci_spec::runtime::Spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -104,12 +104,12 @@ impl Instance {
             .then(launcher::init_path)
             .transpose()
             .map_err(CreateError::Failed)?;
-        let sockets = SocketMounts {
+        let binds = HostBinds {
             vmi: vmi_socket,
             fac: None,
             init,
         };
-        let mut hardened = harden(spec, &annotations, p.config, &sockets)
+        let mut hardened = harden(spec, &annotations, p.config, &binds)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
         for note in &hardened.notes {
             log::info!("{}: {note}", p.id);

@@ -54,7 +54,7 @@ pub const READONLY_PATHS: &[&str] = &[
 /// Host paths to bind into the partition's `/run/furnace`: the sockets,
 /// both under the provider's `socket_root`, and the init.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SocketMounts {
+pub struct HostBinds {
     /// The app's own VMI socket, `<root>/guests/<guest>/apps/<id>.sock`.
     /// Required for [`Role::App`], refused for the others.
     pub vmi: Option<PathBuf>,

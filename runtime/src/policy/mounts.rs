@@ -110,25 +110,25 @@ pub fn mounts(
     spec: &mut Spec,
     role: Role,
     config: &ProviderConfig,
-    sockets: &SocketMounts,
+    binds: &HostBinds,
     notes: &mut Vec<String>,
 ) -> Result<(), PolicyError> {
     match role {
-        Role::App if sockets.vmi.is_none() => {
+        Role::App if binds.vmi.is_none() => {
             return Err(PolicyError::Socket {
                 which: "vmi",
                 problem: "an app needs its VMI socket but none was given".into(),
                 fix: "register the app with the guest's sidecar first and pass the socket path it returns".into(),
             })
         }
-        Role::Fac | Role::Sandbox if sockets.vmi.is_some() => {
+        Role::Fac | Role::Sandbox if binds.vmi.is_some() => {
             return Err(PolicyError::Socket {
                 which: "vmi",
                 problem: format!("the {} role must not reach the VMI sidecar", role.name()),
                 fix: "pass no VMI socket for this role".into(),
             })
         }
-        Role::Sandbox if sockets.fac.is_some() => {
+        Role::Sandbox if binds.fac.is_some() => {
             return Err(PolicyError::Socket {
                 which: "fac",
                 problem: "the sandbox role gets no sockets".into(),
@@ -137,10 +137,10 @@ pub fn mounts(
         }
         _ => {}
     }
-    if let Some(p) = &sockets.vmi {
+    if let Some(p) = &binds.vmi {
         check_socket("vmi", p, config)?;
     }
-    if let Some(p) = &sockets.fac {
+    if let Some(p) = &binds.fac {
         check_socket("fac", p, config)?;
     }
 
@@ -263,9 +263,9 @@ pub fn mounts(
     }
     out.push(mount("/tmp", "tmpfs", "tmpfs", &tmp_opts));
 
-    if sockets.vmi.is_some() || sockets.fac.is_some() {
+    if binds.vmi.is_some() || binds.fac.is_some() {
         out.push(socket_dir());
-        for (path, dest) in [(&sockets.vmi, VMI_SOCKET), (&sockets.fac, FAC_SOCKET)] {
+        for (path, dest) in [(&binds.vmi, VMI_SOCKET), (&binds.fac, FAC_SOCKET)] {
             if let Some(p) = path {
                 let mut m = mount(dest, "bind", "", &["bind", "nosuid", "nodev", "noexec"]);
                 m.set_source(Some(p.clone()));

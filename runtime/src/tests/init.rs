@@ -70,9 +70,9 @@ fn the_init_step_is_not_applied_twice() {
 
 #[test]
 fn a_fac_relay_runs_under_the_init_even_without_a_socket() {
-    let sockets = SocketMounts {
+    let sockets = HostBinds {
         init: Some(HOST_INIT.into()),
-        ..SocketMounts::default()
+        ..HostBinds::default()
     };
     let h = harden_as(
         Role::Fac,
@@ -94,7 +94,7 @@ fn a_cri_sandbox_gets_no_init_and_may_not_be_given_one() {
         Spec::default(),
         &sandbox,
         &ProviderConfig::default(),
-        &SocketMounts::default(),
+        &HostBinds::default(),
     )
     .unwrap();
     assert_eq!(args(&h), ["sh"]);
@@ -103,9 +103,9 @@ fn a_cri_sandbox_gets_no_init_and_may_not_be_given_one() {
         Spec::default(),
         &sandbox,
         &ProviderConfig::default(),
-        &SocketMounts {
+        &HostBinds {
             init: Some(HOST_INIT.into()),
-            ..SocketMounts::default()
+            ..HostBinds::default()
         },
     )
     .unwrap_err()
@@ -117,7 +117,7 @@ fn a_cri_sandbox_gets_no_init_and_may_not_be_given_one() {
 fn an_app_without_an_init_or_with_an_odd_path_is_refused() {
     let a = ann(&[(GUEST, "g1")]);
     let config = ProviderConfig::default();
-    let none = SocketMounts {
+    let none = HostBinds {
         init: None,
         ..app_sockets()
     };
@@ -129,7 +129,7 @@ fn an_app_without_an_init_or_with_an_odd_path_is_refused() {
         "{e}"
     );
     for bad in ["furnace-init", "/usr/local/../../tmp/furnace-init"] {
-        let odd = SocketMounts {
+        let odd = HostBinds {
             init: Some(bad.into()),
             ..app_sockets()
         };

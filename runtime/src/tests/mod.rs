@@ -38,8 +38,8 @@ fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// Where the tests say the host keeps `furnace-init`.
 const HOST_INIT: &str = "/usr/local/bin/furnace-init";
 
-fn app_sockets() -> SocketMounts {
-    SocketMounts {
+fn app_sockets() -> HostBinds {
+    HostBinds {
         vmi: Some(PathBuf::from("/run/furnace/guests/g1/apps/app1.sock")),
         fac: None,
         init: Some(PathBuf::from(HOST_INIT)),

@@ -26,7 +26,7 @@ fn an_app_needs_a_guest_but_a_cri_sandbox_does_not() {
         spec,
         &ann(&[(CRI_CONTAINER_TYPE, "sandbox")]),
         &ProviderConfig::default(),
-        &SocketMounts::default(),
+        &HostBinds::default(),
     )
     .unwrap();
     assert_eq!(h.role, Role::Sandbox);
@@ -98,7 +98,7 @@ fn fac_keeps_its_network_and_gets_no_vmi_socket() {
         .as_mut()
         .unwrap()
         .set_namespaces(Some(vec![n.clone()]));
-    let sockets = SocketMounts {
+    let sockets = HostBinds {
         vmi: None,
         fac: Some("/run/furnace/fac/app1.sock".into()),
         init: Some(HOST_INIT.into()),
@@ -214,7 +214,7 @@ fn sockets_must_come_from_the_socket_root() {
         "run/furnace/x.sock",
         "/run/furnace/../../etc/shadow",
     ] {
-        let s = SocketMounts {
+        let s = HostBinds {
             vmi: Some(bad.into()),
             ..app_sockets()
         };
@@ -232,7 +232,7 @@ fn sockets_must_come_from_the_socket_root() {
         Spec::default(),
         &ann(&[(GUEST, "g1")]),
         &ProviderConfig::default(),
-        &SocketMounts::default(),
+        &HostBinds::default(),
     )
     .unwrap_err()
     .to_string();
