@@ -39,7 +39,6 @@
 
 mod error;
 mod load;
-mod locate;
 mod schema;
 pub mod units;
 mod validate;

@@ -1,7 +1,6 @@
 //! Finding, reading and parsing the file.
 
 use crate::error::ConfigError;
-use crate::locate::{key_at, line_of};
 use crate::schema::ProviderConfig;
 use crate::DEFAULT_CONFIG_PATH;
 use std::path::Path;
@@ -47,7 +46,9 @@ impl ProviderConfig {
 
     /// Parses and validates TOML text. Errors name no file; [`Self::load`]'s do.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: ProviderConfig = toml::from_str(text).map_err(|e| parse_error(text, e))?;
+        let config: ProviderConfig =
+            serde_path_to_error::deserialize(toml::Deserializer::new(text))
+                .map_err(|e| parse_error(text, e))?;
         config.validate()?;
         Ok(config)
     }
@@ -59,8 +60,12 @@ impl ProviderConfig {
 }
 
 /// Turns serde's error, which names only the last segment of a key, into
-/// one naming the whole dotted key and its line.
-fn parse_error(text: &str, e: toml::de::Error) -> ConfigError {
+/// one naming the whole dotted key (the path `serde_path_to_error` kept
+/// while deserializing) and its line.
+fn parse_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let key = (path != ".").then_some(path);
+    let e = e.into_inner();
     let line = e.span().map(|span| line_of(text, span.start));
     let problem = e.message().trim().replace('\n', " ");
     if text.parse::<toml::Table>().is_err() {
@@ -70,7 +75,6 @@ fn parse_error(text: &str, e: toml::de::Error) -> ConfigError {
             problem,
         };
     }
-    let key = e.span().and_then(|span| key_at(text, span));
     let unknown = problem
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split_once("`, "));
@@ -88,6 +92,16 @@ fn parse_error(text: &str, e: toml::de::Error) -> ConfigError {
             problem,
         },
     }
+}
+
+/// The 1-based line of byte `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -228,7 +242,7 @@ mod tests {
             ),
             (
                 "[permissions]\ngrantable = [\"read\", 5]\n",
-                "permissions.grantable",
+                "permissions.grantable[1]",
                 "wanted string",
             ),
             (
