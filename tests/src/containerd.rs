@@ -24,8 +24,8 @@
 
 use crate::bin_dir;
 use crate::host::{
-    children_of, has_exited, remove_cgroups, shims_of, sockets_of, stop, unmount_under, wait_gone,
-    STOP_TIMEOUT,
+    children_of, fresh_fixture_dir, has_exited, remove_cgroups, shims_of, sockets_of,
+    stdout_if_success, stop, unmount_under, wait_gone, STOP_TIMEOUT,
 };
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -113,13 +113,7 @@ impl TestContainerd {
     /// the error carries the tail of the log). The sockets and the log are in
     /// the fixture directory whatever the layout.
     pub fn start_with(label: &str, layout: Layout) -> Result<TestContainerd> {
-        let dir = Path::new(FIXTURE_ROOT).join(format!("{label}-{}", std::process::id()));
-        if dir.exists() {
-            unmount_under(&dir);
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the stale {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = fresh_fixture_dir(Path::new(FIXTURE_ROOT), label)?;
         let address = dir.join("containerd.sock");
         let config = match layout {
             Layout::Private => {
@@ -193,16 +187,7 @@ impl TestContainerd {
     /// Like [`TestContainerd::ctr`], returning stdout; fails with stderr when
     /// ctr exits non-zero.
     pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.ctr(args);
-        if !out.status.success() {
-            bail!(
-                "ctr {args:?} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_success(&format!("ctr {args:?}"), self.ctr(args))
     }
 
     /// The server's version as `ctr version` prints it (e.g. `1.6.20~ds1`).

@@ -7,7 +7,7 @@
 //! Teardown (on drop) stops this dockerd by pid, lazily unmounts what it left
 //! under its directory and removes it.
 
-use crate::host::{has_exited, stop, unmount_under};
+use crate::host::{fresh_fixture_dir, has_exited, stdout_if_success, stop, unmount_under};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,13 +33,7 @@ impl TestDocker {
     /// Starts dockerd on the containerd at `containerd` and waits (at most
     /// 30 s) until `docker version` gets an answer from it.
     pub fn start(label: &str, containerd: &Path) -> Result<TestDocker> {
-        let dir = Path::new(FIXTURE_ROOT).join(format!("{label}-{}", std::process::id()));
-        if dir.exists() {
-            unmount_under(&dir);
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the stale {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = fresh_fixture_dir(Path::new(FIXTURE_ROOT), label)?;
         let host = format!("unix://{}", dir.join("docker.sock").display());
         let log = dir.join("dockerd.log");
         let child = Command::new(DOCKERD)
@@ -74,16 +68,7 @@ impl TestDocker {
 
     /// Like [`TestDocker::docker`]; fails with its output when docker exits non-zero.
     pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.docker(args);
-        if !out.status.success() {
-            bail!(
-                "docker {args:?} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_if_success(&format!("docker {args:?}"), self.docker(args))
     }
 
     /// `docker save IMAGE | ctr images import -`, the tenant's route from

@@ -203,6 +203,34 @@ pub(crate) fn unmount_under(dir: &Path) {
     }
 }
 
+/// A command's stdout when it exited 0, else an error naming `what` with
+/// its status and output.
+pub(crate) fn stdout_if_success(what: &str, out: std::process::Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        anyhow::bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `<root>/<label>-<pid>`, empty: a stale one of the same name (a test
+/// process whose pid came round again) is unmounted and removed first.
+pub(crate) fn fresh_fixture_dir(root: &Path, label: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let dir = root.join(format!("{label}-{}", std::process::id()));
+    if dir.exists() {
+        unmount_under(&dir);
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the stale {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

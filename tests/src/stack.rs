@@ -89,6 +89,30 @@ impl FurnaceStack {
         self.containerd.ctr(&argv)
     }
 
+    /// The ctr flags that run an app with `permissions` (`read,syscalls`,
+    /// say) under a provider config that grants every permission but
+    /// `write`: `furnace-grants.toml` beside the containerd fixture, written
+    /// whole (renamed into place), as parallel tests may read it.
+    pub fn granting(&self, permissions: &str) -> Vec<String> {
+        let config = self
+            .containerd
+            .config_path()
+            .with_file_name("furnace-grants.toml");
+        let staged = config.with_extension(format!("toml.{:?}", std::thread::current().id()));
+        std::fs::write(
+            &staged,
+            "[permissions]\ngrantable = [\"read\", \"pause\", \"events\", \"syscalls\"]\n",
+        )
+        .and_then(|()| std::fs::rename(&staged, &config))
+        .expect("the provider config is written");
+        vec![
+            "--runtime-config-path".into(),
+            config.display().to_string(),
+            "--annotation".into(),
+            format!("furnace.dev/permissions={permissions}"),
+        ]
+    }
+
     /// `ctr run --rm` of an app image under `io.furnace.v1` on this stack's
     /// guest, its output whatever the status. ARGS follow the image's entrypoint.
     pub fn run_app(&self, image: &str, id: &str, extra: &[&str], args: &[&str]) -> Output {
@@ -208,4 +232,9 @@ impl FurnaceStack {
         }
         traces
     }
+}
+
+/// `&str`s of `strings`, for the `extra` flags of [`FurnaceStack::ctr_run_image`] and the like.
+pub fn strs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
 }

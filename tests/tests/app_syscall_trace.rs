@@ -7,7 +7,7 @@
 
 use furnace::guest::console;
 use furnace_tests::running::RunningApp;
-use furnace_tests::stack::FurnaceStack;
+use furnace_tests::stack::{strs, FurnaceStack};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
 use serde_json::Value;
@@ -30,42 +30,15 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A provider config that grants the event permissions, in the containerd
-/// fixture's directory.
-fn events_config() -> String {
-    let path = stack()
-        .containerd
-        .config_path()
-        .with_file_name("furnace-events.toml");
-    std::fs::write(
-        &path,
-        "[permissions]\ngrantable = [\"read\", \"pause\", \"events\", \"syscalls\"]\n",
-    )
-    .unwrap();
-    path.display().to_string()
-}
-
 /// Starts `furnace-syscall-trace ARGS` with `permissions` and waits until it
 /// has subscribed (its breakpoints are set by then).
 fn start_trace(id: &str, permissions: &str, args: &[&str]) -> RunningApp {
     let s = stack();
     let image = s.import("syscall-trace").expect("the app's image imports");
-    let config = events_config();
-    let annotation = format!("furnace.dev/permissions={permissions}");
     let mut argv = vec![APP];
     argv.extend_from_slice(args);
     let mut app = s
-        .spawn_app(
-            &image,
-            id,
-            &[
-                "--runtime-config-path",
-                &config,
-                "--annotation",
-                &annotation,
-            ],
-            &argv,
-        )
+        .spawn_app(&image, id, &strs(&s.granting(permissions)), &argv)
         .unwrap();
     app.wait_stderr("subscribed", READY).unwrap();
     app

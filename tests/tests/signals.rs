@@ -19,7 +19,7 @@
 //! two-core CI machine gets. Each time is printed.
 
 use furnace_tests::containerd::FURNACE_RUNTIME;
-use furnace_tests::stack::FurnaceStack;
+use furnace_tests::stack::{strs, FurnaceStack};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
 use serde_json::Value;
@@ -43,20 +43,6 @@ fn stack() -> &'static FurnaceStack {
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A provider config that lets the apps here take events and pause leases.
-fn grants() -> String {
-    let path = stack()
-        .containerd
-        .config_path()
-        .with_file_name("furnace-signals.toml");
-    std::fs::write(
-        &path,
-        "[permissions]\ngrantable = [\"read\", \"pause\", \"events\", \"syscalls\"]\n",
-    )
-    .unwrap();
-    path.display().to_string()
 }
 
 fn health() -> furnace_api::v1::HealthResponse {
@@ -93,18 +79,12 @@ fn ctr_task_kill_ends_the_rust_syscall_trace_app_with_143_and_frees_its_breakpoi
     let s = stack();
     let id = "sig-term-rust";
     let image = s.import("syscall-trace").unwrap();
-    let config = grants();
     let out = s.ctr_run_image(
         &image,
         FURNACE_RUNTIME,
         "-d",
         id,
-        &[
-            "--runtime-config-path",
-            &config,
-            "--annotation",
-            "furnace.dev/permissions=read,syscalls",
-        ],
+        &strs(&s.granting("read,syscalls")),
         &[TRACE, "--syscalls", "openat"],
     );
     assert!(
@@ -146,17 +126,11 @@ fn ctrl_c_on_ctr_run_ends_the_rust_app_with_130() {
     let s = stack();
     let id = "sig-int-rust";
     let image = s.import("syscall-trace").unwrap();
-    let config = grants();
     let mut app = s
         .spawn_app(
             &image,
             id,
-            &[
-                "--runtime-config-path",
-                &config,
-                "--annotation",
-                "furnace.dev/permissions=read,syscalls",
-            ],
+            &strs(&s.granting("read,syscalls")),
             &[TRACE, "--syscalls", "openat"],
         )
         .unwrap();
@@ -205,17 +179,11 @@ fn sigterm_ends_a_python_app_with_143_and_its_pause_lease_with_it() {
     let s = stack();
     let id = "sig-term-python";
     let image = s.import("modules").unwrap();
-    let config = grants();
     let mut app = s
         .spawn_app(
             &image,
             id,
-            &[
-                "--runtime-config-path",
-                &config,
-                "--annotation",
-                "furnace.dev/permissions=read,pause",
-            ],
+            &strs(&s.granting("read,pause")),
             &[PYTHON, "-c", PAUSING_APP],
         )
         .unwrap();

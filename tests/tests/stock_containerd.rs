@@ -12,7 +12,7 @@ use furnace::guest::console;
 use furnace_api::{Module, Process};
 use furnace_tests::containerd::{Layout, STOCK_STATE};
 use furnace_tests::docker::TestDocker;
-use furnace_tests::stack::FurnaceStack;
+use furnace_tests::stack::{strs, FurnaceStack};
 use furnace_tests::GROUND_TRUTH_TIMEOUT;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
@@ -144,26 +144,12 @@ fn memdump_dumps_the_range_it_was_asked_for() {
 #[test]
 fn syscall_trace_reports_the_guests_openat() {
     let s = stack();
-    let config = s
-        .containerd
-        .config_path()
-        .with_file_name("furnace-events.toml");
-    std::fs::write(
-        &config,
-        "[permissions]\ngrantable = [\"read\", \"pause\", \"events\", \"syscalls\"]\n",
-    )
-    .unwrap();
     let image = s.import("syscall-trace").unwrap();
     let mut app = s
         .spawn_app(
             &image,
             "stock-trace",
-            &[
-                "--runtime-config-path",
-                config.to_str().unwrap(),
-                "--annotation",
-                "furnace.dev/permissions=read,syscalls",
-            ],
+            &strs(&s.granting("read,syscalls")),
             &["/usr/bin/furnace-syscall-trace", "--syscalls", "openat"],
         )
         .unwrap();

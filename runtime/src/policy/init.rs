@@ -30,13 +30,7 @@ pub fn pid1_init(spec: &mut Spec, host_init: &Path) -> Result<(), PolicyError> {
                 .into(),
         });
     }
-    let process = spec.process_mut().as_mut().ok_or_else(|| {
-        PolicyError::spec(
-            "process",
-            "is missing",
-            "give the container a process to run",
-        )
-    })?;
+    let process = super::process_of(spec)?;
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(PolicyError::spec(

@@ -81,15 +81,20 @@ pub fn read_only_root(spec: &mut Spec) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// No capabilities in any set, and `no_new_privs`.
-pub fn drop_privileges(spec: &mut Spec) -> Result<(), PolicyError> {
-    let process = spec.process_mut().as_mut().ok_or_else(|| {
+/// The spec's process, which every role needs.
+pub(crate) fn process_of(spec: &mut Spec) -> Result<&mut oci_spec::runtime::Process, PolicyError> {
+    spec.process_mut().as_mut().ok_or_else(|| {
         PolicyError::spec(
             "process",
             "is missing",
             "give the container a process to run",
         )
-    })?;
+    })
+}
+
+/// No capabilities in any set, and `no_new_privs`.
+pub fn drop_privileges(spec: &mut Spec) -> Result<(), PolicyError> {
+    let process = process_of(spec)?;
     harden_process(process);
     Ok(())
 }
