@@ -100,14 +100,16 @@ impl Instance {
             .map(|g| registration::app_socket(&p.config.socket_root, g, &app_id));
         // Apps run under furnace-init as PID 1 (docs/shim.md, "PID 1"); a
         // CRI sandbox's pause process is an init itself.
-        let init = (role != Role::Sandbox)
+        let host_init = (role != Role::Sandbox)
             .then(launcher::init_path)
             .transpose()
             .map_err(CreateError::Failed)?;
         let binds = HostBinds {
             vmi: vmi_socket,
             fac: None,
-            init,
+            init: host_init
+                .as_ref()
+                .map(|_| rootfs::init_path(p.namespace, p.id)),
         };
         let mut hardened = harden(spec, &annotations, p.config, &binds)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
@@ -153,10 +155,13 @@ impl Instance {
         let rootfs = rootfs::mount(
             p.namespace,
             p.id,
-            p.bundle,
-            &p.rootfs,
-            &spec_root,
-            hardened.host_gid,
+            rootfs::PartitionFiles {
+                mounts: &p.rootfs,
+                bundle: p.bundle,
+                spec_root: &spec_root,
+                init: host_init.as_deref(),
+                host_gid: hardened.host_gid,
+            },
         )?;
         undo.record.mounted_rootfs = Some(rootfs.clone());
         if let Some(root) = hardened.spec.root_mut() {

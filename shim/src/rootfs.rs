@@ -1,4 +1,5 @@
-//! Where a partition's root filesystem is mounted, and by whom.
+//! Where a partition's root filesystem is mounted, and by whom; its init
+//! binary is bound beside it for the same reason.
 //!
 //! libcontainer mounts the rootfs from inside the partition's user namespace,
 //! so every directory on the way to it is looked up as the partition's root:
@@ -15,11 +16,14 @@
 //!   <namespace>/                      0711 root
 //!     <id>/                           0710 root:<the partition's host gid>
 //!       rootfs/                       the snapshot mount (or a bind of spec.root.path)
+//!       init                          a bind of the host's furnace-init
 //! ```
 //!
 //! Only root and the partition's own gid can enter `<id>`; nobody but root
 //! can list the directories above it. The spec's `root.path` is set to the
-//! mount. docs/shim.md has the reasoning and what runc and containerd do.
+//! mount, and its bind of the init takes `<id>/init` as its source, so the
+//! directory the shim is installed in need not be open to the partition
+//! either. docs/shim.md has the reasoning and what runc and containerd do.
 
 use crate::instance::CreateError;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -40,19 +44,38 @@ pub fn partition_dir(namespace: &str, id: &str) -> PathBuf {
     Path::new(ROOTFS_ROOT).join(namespace).join(id)
 }
 
-/// Mounts the partition's rootfs under [`partition_dir`] and returns the
-/// mount point. `mounts` are containerd's rootfs mounts; with none (`ctr run
-/// --rootfs DIR`), `spec_root` (the spec's `root.path`, relative to the
-/// bundle) is bind-mounted instead. `host_gid` is the partition's mapped gid,
-/// `None` for a partition without a user namespace (a CRI sandbox).
-pub fn mount(
-    namespace: &str,
-    id: &str,
-    bundle: &Path,
-    mounts: &[RootfsMount],
-    spec_root: &Path,
-    host_gid: Option<u32>,
-) -> Result<PathBuf, CreateError> {
+/// `<partition_dir>/init`: where [`mount`] binds the host's init, the
+/// source of the partition's own bind of it.
+pub fn init_path(namespace: &str, id: &str) -> PathBuf {
+    partition_dir(namespace, id).join("init")
+}
+
+/// What [`mount`] puts under [`partition_dir`].
+pub struct PartitionFiles<'a> {
+    /// containerd's rootfs mounts; with none (`ctr run --rootfs DIR`),
+    /// `spec_root` (the spec's `root.path`, relative to the bundle) is
+    /// bind-mounted instead.
+    pub mounts: &'a [RootfsMount],
+    pub bundle: &'a Path,
+    pub spec_root: &'a Path,
+    /// The host's `furnace-init`, bound at [`init_path`]; `None` for a
+    /// partition that runs without it (a CRI sandbox).
+    pub init: Option<&'a Path>,
+    /// The partition's mapped gid, `None` for a partition without a user
+    /// namespace (a CRI sandbox).
+    pub host_gid: Option<u32>,
+}
+
+/// Mounts the partition's rootfs under [`partition_dir`], binds its init
+/// there, and returns the rootfs mount point. On failure nothing is left.
+pub fn mount(namespace: &str, id: &str, files: PartitionFiles<'_>) -> Result<PathBuf, CreateError> {
+    let PartitionFiles {
+        mounts,
+        bundle,
+        spec_root,
+        init,
+        host_gid,
+    } = files;
     let dir = partition_dir(namespace, id);
     let target = dir.join("rootfs");
     if mounts.len() > 1 {
@@ -61,16 +84,21 @@ pub fn mount(
             mounts.len()
         )));
     }
-    let mounted = make_dirs(&dir, host_gid).and_then(|()| match mounts.first() {
-        None => bind(&bundle.join(spec_root), &target),
-        Some(m) => containerd_shim::mount::mount_rootfs(
-            Some(m.fs_type.as_str()),
-            Some(m.source.as_str()),
-            &m.options,
-            &target,
-        )
-        .map_err(|e| CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type))),
-    });
+    let mounted = make_dirs(&dir, host_gid)
+        .and_then(|()| match mounts.first() {
+            None => bind(&bundle.join(spec_root), &target),
+            Some(m) => containerd_shim::mount::mount_rootfs(
+                Some(m.fs_type.as_str()),
+                Some(m.source.as_str()),
+                &m.options,
+                &target,
+            )
+            .map_err(|e| CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type))),
+        })
+        .and_then(|()| match init {
+            Some(init) => bind_file(init, &dir.join("init")),
+            None => Ok(()),
+        });
     match mounted {
         Ok(()) => Ok(target),
         Err(e) => {
@@ -114,6 +142,17 @@ fn make_dirs(dir: &Path, host_gid: Option<u32>) -> Result<(), CreateError> {
     }
 }
 
+/// Binds the file `source` at `target`, creating `target` empty first.
+fn bind_file(source: &Path, target: &Path) -> Result<(), CreateError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(target)
+        .map_err(|e| CreateError::Failed(format!("creating {}: {e}", target.display())))?;
+    bind(source, target)
+}
+
 fn bind(source: &Path, target: &Path) -> Result<(), CreateError> {
     use nix::mount::MsFlags;
     nix::mount::mount(
@@ -132,19 +171,20 @@ fn bind(source: &Path, target: &Path) -> Result<(), CreateError> {
     })
 }
 
-/// Unmounts the rootfs at `target` (`<partition_dir>/rootfs`) and removes
-/// the directories [`mount`] made, those of the namespace and above only
-/// when empty. Safe to repeat.
+/// Unmounts the rootfs at `target` (`<partition_dir>/rootfs`) and the init
+/// beside it, and removes what [`mount`] made, the directories of the
+/// namespace and above only when empty. Safe to repeat.
 pub fn remove(target: &Path) -> Result<(), String> {
-    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(format!("unmounting {}: {e}", target.display())),
-    }
-    // Only directories under ROOTFS_ROOT are ours to remove.
+    unmount(target)?;
+    // Only what lies under ROOTFS_ROOT is ours to remove.
     if !target.starts_with(ROOTFS_ROOT) {
         return Ok(());
     }
     let _ = std::fs::remove_dir(target);
+    if let Some(init) = target.parent().map(|dir| dir.join("init")) {
+        unmount(&init)?;
+        let _ = std::fs::remove_file(init);
+    }
     let mut dir = target.parent();
     while let Some(d) = dir.filter(|d| d.starts_with(ROOTFS_ROOT) && *d != Path::new(ROOTFS_ROOT)) {
         if std::fs::remove_dir(d).is_err() {
@@ -153,4 +193,11 @@ pub fn remove(target: &Path) -> Result<(), String> {
         dir = d.parent();
     }
     Ok(())
+}
+
+fn unmount(path: &Path) -> Result<(), String> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!("unmounting {}: {e}", path.display())),
+    }
 }

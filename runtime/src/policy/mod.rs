@@ -60,7 +60,8 @@ pub struct HostBinds {
     pub vmi: Option<PathBuf>,
     /// The facilities relay's socket for this app, if a backend is named.
     pub fac: Option<PathBuf>,
-    /// The host's `furnace-init`, run as PID 1 from [`INIT_PATH`]
+    /// A host path of `furnace-init` (the shim binds it into the
+    /// partition's own directory first, `shim/src/rootfs.rs`), run as PID 1 from [`INIT_PATH`]
     /// ([`pid1_init`]). Required for [`Role::App`] and [`Role::Fac`],
     /// refused for [`Role::Sandbox`].
     pub init: Option<PathBuf>,
