@@ -263,8 +263,12 @@ current=
 if $docker && ! $stage_only; then
     # shellcheck source=scripts/dockerd.sh
     source scripts/dockerd.sh
-    docker_engine_up
-    for name in "${order[@]}"; do
+    docker_order=("${order[@]}")
+    if ! docker_engine_up; then
+        echo "images: no Docker engine could be had: the OCI archives above are built (buildah); docker build skipped" >&2
+        docker_order=()
+    fi
+    for name in "${docker_order[@]}"; do
         current="$name (docker build)"
         log=$out/$name.docker.log
         started=$SECONDS

@@ -11,8 +11,11 @@
 //!   (the argv after `--`) with the signal mask it was started with;
 //! - it forwards each signal it collects to the app, except SIGCHLD: TERM,
 //!   INT, HUP, QUIT, USR1/2, WINCH, CONT, ALRM, PIPE, TSTP, TTIN, TTOU, the
-//!   realtime ones... (as tini does; SIGKILL and SIGSTOP cannot be caught
-//!   and reach the init itself, which the kernel then ends or stops);
+//!   realtime ones. The fault signals (ABRT, BUS, FPE, ILL, SEGV, SYS,
+//!   TRAP) are not collected, so one sent from outside (`ctr task kill -s
+//!   ABRT`) is dropped by the kernel as for any PID 1 without a handler;
+//!   SIGKILL and SIGSTOP cannot be caught and reach the init itself, which
+//!   the kernel then ends or stops;
 //! - it reaps every child, the app and the orphans the kernel re-parents to
 //!   it, and exits when the app does: with its exit code, or 128+n if
 //!   signal n killed it, as a shell reports it. Then the kernel kills
@@ -21,8 +24,8 @@
 //!   found) or 126 (found, not executable), as shells do.
 //!
 //! It runs under the app's own user, seccomp filter and `no_new_privs`
-//! (libcontainer applies them before it execs the init), opens no file and
-//! creates no thread. When it is not PID 1 (a test) it makes itself the
+//! (libcontainer applies them before it execs the init), opens no file of
+//! its own (the C runtime's start-up reads a few) and creates no thread. When it is not PID 1 (a test) it makes itself the
 //! child subreaper, so orphans still come to it. Static and small: no
 //! argument parser crate, only `--help` and `--version` besides `--`.
 
@@ -33,7 +36,7 @@ use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStringExt;
 
 const USAGE: &str = "usage: furnace-init [--] PROGRAM [ARG...]\n\
-    Runs PROGRAM as its child, forwards every signal it gets to it, reaps\n\
+    Runs PROGRAM as its child, forwards the signals it gets to it, reaps\n\
     orphaned processes, and exits with PROGRAM's status (128+n if signal n\n\
     killed it; 127 if PROGRAM is not found, 126 if it cannot be executed).";
 
@@ -62,9 +65,13 @@ fn main() {
         }
     };
     // Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored
-    // across exec: the app must start with the default.
-    // SAFETY: no handler function is installed, only the default action.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    // across exec: the app must start with the default. An ignored SIGCHLD
+    // (inherited) would make the kernel reap children itself, and the app's
+    // status would be lost.
+    for inherited in [Signal::SIGPIPE, Signal::SIGCHLD] {
+        // SAFETY: no handler function is installed, only the default action.
+        let _ = unsafe { signal(inherited, SigHandler::SigDfl) };
+    }
     let mut collected = SigSet::all();
     for fault in FAULTS {
         collected.remove(fault);

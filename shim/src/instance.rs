@@ -152,26 +152,27 @@ impl Instance {
             .as_ref()
             .map(|r| r.path().clone())
             .unwrap_or_else(|| PathBuf::from("rootfs"));
-        let rootfs = rootfs::mount(
-            p.namespace,
-            p.id,
+        // Recorded before anything is mounted, so that a shim dying from
+        // here on leaves `delete` what to unmount.
+        let rootfs = rootfs::claim(p.namespace, p.id, hardened.host_gid)?;
+        undo.record.mounted_rootfs = Some(rootfs.clone());
+        undo.record
+            .save(p.bundle)
+            .map_err(|e| CreateError::Failed(format!("writing the task record: {e}")))?;
+        rootfs::mount(
+            &rootfs,
             rootfs::PartitionFiles {
                 mounts: &p.rootfs,
                 bundle: p.bundle,
                 spec_root: &spec_root,
                 init: host_init.as_deref(),
-                host_gid: hardened.host_gid,
             },
         )?;
-        undo.record.mounted_rootfs = Some(rootfs.clone());
         if let Some(root) = hardened.spec.root_mut() {
             root.set_path(rootfs.clone());
         }
         furnace_runtime::launcher::mountpoints::create(&rootfs, &hardened.spec)
             .map_err(CreateError::Failed)?;
-        undo.record
-            .save(p.bundle)
-            .map_err(|e| CreateError::Failed(format!("writing the task record: {e}")))?;
 
         hardened
             .spec

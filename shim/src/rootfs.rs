@@ -5,9 +5,9 @@
 //! so every directory on the way to it is looked up as the partition's root:
 //! an unprivileged host uid. containerd's bundle,
 //! `<state>/io.containerd.runtime.v2.task/<namespace>/<id>/rootfs`, lies under
-//! a state directory that may well be `0700 root` (containerd 2.x makes it
-//! 0711, but does not chmod one that exists, and 1.6 leaves it as found), and
-//! the bundle itself is `0700 root`. Changing containerd's permissions is not
+//! a state directory that may well be `0700 root` (containerd, 1.6 as 2.x,
+//! makes a new one 0711 but leaves one that exists as it is), and the bundle
+//! itself is `0700 root`. Changing containerd's permissions is not
 //! ours to do, so the shim mounts the rootfs (as host root, before anything
 //! enters the user namespace) at a path Furnace owns instead:
 //!
@@ -50,7 +50,17 @@ pub fn init_path(namespace: &str, id: &str) -> PathBuf {
     partition_dir(namespace, id).join("init")
 }
 
-/// What [`mount`] puts under [`partition_dir`].
+/// Makes [`partition_dir`] for a new task and returns its rootfs mount
+/// point, empty. A directory that exists belongs to a task this shim did
+/// not create (another containerd's of the same namespace and id, or one not
+/// cleaned up): it is refused, and left alone.
+pub fn claim(namespace: &str, id: &str, host_gid: Option<u32>) -> Result<PathBuf, CreateError> {
+    let dir = partition_dir(namespace, id);
+    make_dirs(&dir, host_gid)?;
+    Ok(dir.join("rootfs"))
+}
+
+/// What [`mount`] puts in a claimed partition directory.
 pub struct PartitionFiles<'a> {
     /// containerd's rootfs mounts; with none (`ctr run --rootfs DIR`),
     /// `spec_root` (the spec's `root.path`, relative to the bundle) is
@@ -61,50 +71,36 @@ pub struct PartitionFiles<'a> {
     /// The host's `furnace-init`, bound at [`init_path`]; `None` for a
     /// partition that runs without it (a CRI sandbox).
     pub init: Option<&'a Path>,
-    /// The partition's mapped gid, `None` for a partition without a user
-    /// namespace (a CRI sandbox).
-    pub host_gid: Option<u32>,
 }
 
-/// Mounts the partition's rootfs under [`partition_dir`], binds its init
-/// there, and returns the rootfs mount point. On failure nothing is left.
-pub fn mount(namespace: &str, id: &str, files: PartitionFiles<'_>) -> Result<PathBuf, CreateError> {
+/// Mounts the partition's rootfs at `target` (from [`claim`]) and binds its
+/// init beside it. On failure, [`remove`] undoes what was done.
+pub fn mount(target: &Path, files: PartitionFiles<'_>) -> Result<(), CreateError> {
     let PartitionFiles {
         mounts,
         bundle,
         spec_root,
         init,
-        host_gid,
     } = files;
-    let dir = partition_dir(namespace, id);
-    let target = dir.join("rootfs");
-    if mounts.len() > 1 {
-        return Err(CreateError::Invalid(format!(
-            "{} rootfs mounts given; io.furnace.v1 takes one (a snapshotter mount)",
-            mounts.len()
-        )));
-    }
-    let mounted = make_dirs(&dir, host_gid)
-        .and_then(|()| match mounts.first() {
-            None => bind(&bundle.join(spec_root), &target),
-            Some(m) => containerd_shim::mount::mount_rootfs(
-                Some(m.fs_type.as_str()),
-                Some(m.source.as_str()),
-                &m.options,
-                &target,
-            )
-            .map_err(|e| CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type))),
-        })
-        .and_then(|()| match init {
-            Some(init) => bind_file(init, &dir.join("init")),
-            None => Ok(()),
-        });
-    match mounted {
-        Ok(()) => Ok(target),
-        Err(e) => {
-            let _ = remove(&target);
-            Err(e)
+    match mounts {
+        [] => bind(&bundle.join(spec_root), target, "the rootfs")?,
+        [m] => containerd_shim::mount::mount_rootfs(
+            Some(m.fs_type.as_str()),
+            Some(m.source.as_str()),
+            &m.options,
+            target,
+        )
+        .map_err(|e| CreateError::Failed(format!("mounting the rootfs ({}): {e}", m.fs_type)))?,
+        _ => {
+            return Err(CreateError::Invalid(format!(
+                "{} rootfs mounts given; io.furnace.v1 takes one (a snapshotter mount)",
+                mounts.len()
+            )))
         }
+    }
+    match (init, target.parent()) {
+        (Some(init), Some(dir)) => bind_file(init, &dir.join("init"), "furnace-init"),
+        _ => Ok(()),
     }
 }
 
@@ -124,36 +120,39 @@ fn make_dirs(dir: &Path, host_gid: Option<u32>) -> Result<(), CreateError> {
         std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| failed(ancestor, e))?;
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(failed(dir, e)),
-    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => CreateError::Failed(format!(
+                "{} exists: a task of this namespace and id is already set up (under another containerd?), or one was not cleaned up; delete that task, or remove the directory once nothing is mounted in it",
+                dir.display()
+            )),
+            _ => failed(dir, e),
+        })?;
     if let Some(gid) = host_gid {
         std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(|e| failed(dir, e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
             .map_err(|e| failed(dir, e))?;
     }
     let rootfs = dir.join("rootfs");
-    match std::fs::DirBuilder::new().mode(0o755).create(&rootfs) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(failed(&rootfs, e)),
-    }
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .map_err(|e| failed(&rootfs, e))
 }
 
 /// Binds the file `source` at `target`, creating `target` empty first.
-fn bind_file(source: &Path, target: &Path) -> Result<(), CreateError> {
+fn bind_file(source: &Path, target: &Path, what: &str) -> Result<(), CreateError> {
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .open(target)
         .map_err(|e| CreateError::Failed(format!("creating {}: {e}", target.display())))?;
-    bind(source, target)
+    bind(source, target, what)
 }
 
-fn bind(source: &Path, target: &Path) -> Result<(), CreateError> {
+fn bind(source: &Path, target: &Path, what: &str) -> Result<(), CreateError> {
     use nix::mount::MsFlags;
     nix::mount::mount(
         Some(source),
@@ -164,7 +163,7 @@ fn bind(source: &Path, target: &Path) -> Result<(), CreateError> {
     )
     .map_err(|e| {
         CreateError::Failed(format!(
-            "binding the rootfs {} at {}: {e}",
+            "binding {what} {} at {}: {e}",
             source.display(),
             target.display()
         ))
@@ -172,32 +171,64 @@ fn bind(source: &Path, target: &Path) -> Result<(), CreateError> {
 }
 
 /// Unmounts the rootfs at `target` (`<partition_dir>/rootfs`) and the init
-/// beside it, and removes what [`mount`] made, the directories of the
-/// namespace and above only when empty. Safe to repeat.
+/// beside it, and removes what [`claim`] and [`mount`] made; the namespace's directory
+/// stays, as another task may be setting up in it. Safe to repeat.
 pub fn remove(target: &Path) -> Result<(), String> {
     unmount(target)?;
     // Only what lies under ROOTFS_ROOT is ours to remove.
-    if !target.starts_with(ROOTFS_ROOT) {
+    let Some(dir) = target.parent().filter(|d| d.starts_with(ROOTFS_ROOT)) else {
         return Ok(());
-    }
-    let _ = std::fs::remove_dir(target);
-    if let Some(init) = target.parent().map(|dir| dir.join("init")) {
-        unmount(&init)?;
-        let _ = std::fs::remove_file(init);
-    }
-    let mut dir = target.parent();
-    while let Some(d) = dir.filter(|d| d.starts_with(ROOTFS_ROOT) && *d != Path::new(ROOTFS_ROOT)) {
-        if std::fs::remove_dir(d).is_err() {
-            break;
+    };
+    let init = dir.join("init");
+    unmount(&init)?;
+    let gone = |r: std::io::Result<()>, path: &Path| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(format!("removing {}: {e}", path.display()))
         }
-        dir = d.parent();
-    }
-    Ok(())
+        _ => Ok(()),
+    };
+    gone(std::fs::remove_dir(target), target)?;
+    gone(std::fs::remove_file(&init), &init)?;
+    gone(std::fs::remove_dir(dir), dir)
 }
 
 fn unmount(path: &Path) -> Result<(), String> {
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(format!("unmounting {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Real directories under ROOTFS_ROOT (the tests run as root, as the shim).
+    #[test]
+    fn a_partition_directory_is_claimed_once_with_its_modes_and_removed_whole() {
+        let namespace = format!("unit-{}", std::process::id());
+        let target = claim(&namespace, "one", Some(4242)).unwrap();
+        let dir = partition_dir(&namespace, "one");
+        assert_eq!(target, dir.join("rootfs"));
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+            (0o710, 0, 4242)
+        );
+        let ns_mode = std::fs::metadata(dir.parent().unwrap()).unwrap().mode() & 0o7777;
+        assert_eq!(ns_mode, 0o711);
+
+        let again = claim(&namespace, "one", Some(4242)).unwrap_err();
+        assert!(again.to_string().contains("exists"), "{again}");
+        assert!(
+            target.is_dir(),
+            "the refused claim left the first one alone"
+        );
+
+        remove(&target).unwrap();
+        assert!(!dir.exists());
+        remove(&target).unwrap();
+        std::fs::remove_dir(dir.parent().unwrap()).unwrap();
     }
 }

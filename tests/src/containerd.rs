@@ -27,6 +27,7 @@ use crate::host::{
     children_of, fresh_fixture_dir, has_exited, remove_cgroups, shims_of, sockets_of,
     stdout_if_success, stop, unmount_under, wait_gone, STOP_TIMEOUT,
 };
+use crate::stack::ROOTFS_ROOT;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -312,7 +313,13 @@ pub fn require_furnace_shim() -> PathBuf {
     let staged: [(&str, &[&str]); 2] = [
         (
             "containerd-shim-furnace-v1",
-            &["shim/src", "runtime/src", "runtime/seccomp", "api/src"],
+            &[
+                "shim/src",
+                "runtime/src",
+                "runtime/seccomp",
+                "config/src",
+                "api/src",
+            ],
         ),
         ("furnace-init", &["init/src"]),
     ];
@@ -483,6 +490,7 @@ fn teardown_ctr(address: &Path, args: &[&str]) -> Option<String> {
 }
 
 fn tear_down(s: &Started) {
+    let mut containers = Vec::new();
     if !has_exited(s.pid) {
         let ids = |what: &str| -> Vec<String> {
             teardown_ctr(&s.address, &[what, "ls", "-q"])
@@ -497,8 +505,9 @@ fn tear_down(s: &Started) {
             let _ = teardown_ctr(&s.address, &["tasks", "kill", "-s", "SIGKILL", &task]);
             let _ = teardown_ctr(&s.address, &["tasks", "delete", "-f", &task]);
         }
-        for container in ids("containers") {
-            let _ = teardown_ctr(&s.address, &["containers", "delete", &container]);
+        containers = ids("containers");
+        for container in &containers {
+            let _ = teardown_ctr(&s.address, &["containers", "delete", container]);
         }
     }
     if !stop(s.pid) {
@@ -520,6 +529,15 @@ fn tear_down(s: &Started) {
             sockets.iter().for_each(|s| drop(std::fs::remove_file(s)));
         } else {
             eprintln!("TestContainerd: shim {shim} would not die");
+        }
+    }
+    // What the shims of this containerd's containers could not clean up
+    // themselves (killed above) is left under the shim's rootfs directory.
+    for container in &containers {
+        let partition = Path::new(ROOTFS_ROOT).join(NAMESPACE).join(container);
+        if partition.exists() {
+            unmount_under(&partition);
+            let _ = std::fs::remove_dir_all(&partition);
         }
     }
     unmount_under(&s.dir);

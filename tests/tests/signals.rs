@@ -118,6 +118,11 @@ fn ctr_task_kill_ends_the_rust_syscall_trace_app_with_143_and_frees_its_breakpoi
         (health().event_breakpoints, health().debugger_attached),
         (0, false)
     );
+    assert_eq!(
+        qemu().run_state().unwrap(),
+        RunState::Running,
+        "the guest was left paused"
+    );
 }
 
 #[test]
@@ -158,6 +163,11 @@ fn ctrl_c_on_ctr_run_ends_the_rust_app_with_130() {
     wait_for("the breakpoints to go", SETTLE, || {
         health().event_breakpoints == 0
     });
+    assert_eq!(
+        qemu().run_state().unwrap(),
+        RunState::Running,
+        "the guest was left paused"
+    );
     assert!(s.traces_of(id).is_empty(), "{:?}", s.traces_of(id));
 }
 
@@ -173,11 +183,21 @@ while True:
     time.sleep(3600)
 "#;
 
-#[test]
-fn sigterm_ends_a_python_app_with_143_and_its_pause_lease_with_it() {
+/// How a test stops an app.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// `ctr task kill ID`: SIGTERM to the task.
+    TaskKill,
+    /// Ctrl-C on `ctr run`: SIGINT to ctr, which sends it on to the task.
+    CtrlC,
+}
+
+/// Runs [`PAUSING_APP`] in the Python image, stops it as `stop` says, and
+/// checks it ended within [`END_WITHIN`] with `status`, and that its lease
+/// went with it long before the lease's own end.
+fn python_app_holding_a_lease_ends(id: &str, stop: Stop, status: i32) {
     let _turn = one_at_a_time();
     let s = stack();
-    let id = "sig-term-python";
     let image = s.import("modules").unwrap();
     let mut app = s
         .spawn_app(
@@ -197,19 +217,30 @@ fn sigterm_ends_a_python_app_with_143_and_its_pause_lease_with_it() {
         "the lease holds the guest"
     );
 
-    let sent = ctr_task_kill(id);
-    let (status, _) = app.finish(SETTLE).unwrap();
+    let sent = match stop {
+        Stop::TaskKill => ctr_task_kill(id),
+        Stop::CtrlC => {
+            let sent = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(app.pid() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .unwrap();
+            sent
+        }
+    };
+    let (ended, _) = app.finish(SETTLE).unwrap();
     let took = sent.elapsed();
     let resumed = wait_for("the guest to run again", SETTLE, || {
         qemu.run_state().unwrap() == RunState::Running
     });
     eprintln!(
-        "SIGTERM to ctr run's exit: {took:?}; guest running {resumed:?} later; lease granted {granted:?}"
+        "{stop:?} to ctr run's exit: {took:?}; guest running {resumed:?} later; lease granted {granted:?}"
     );
-    assert_eq!(status.code(), Some(143), "{status}");
+    assert_eq!(ended.code(), Some(status), "{ended}");
     assert!(
         took < END_WITHIN,
-        "SIGTERM ended the app only after {took:?}"
+        "{stop:?} ended the app only after {took:?}"
     );
     assert!(
         paused_at.elapsed() < granted,
@@ -217,6 +248,18 @@ fn sigterm_ends_a_python_app_with_143_and_its_pause_lease_with_it() {
     );
     assert_eq!(qemu.run_state().unwrap(), RunState::Running);
     assert!(s.traces_of(id).is_empty(), "{:?}", s.traces_of(id));
+}
+
+#[test]
+fn sigterm_ends_a_python_app_with_143_and_its_pause_lease_with_it() {
+    python_app_holding_a_lease_ends("sig-term-python", Stop::TaskKill, 143);
+}
+
+/// Python turns SIGINT into KeyboardInterrupt, and on an uncaught one ends
+/// itself with SIGINT: 130, as from a shell.
+#[test]
+fn ctrl_c_ends_a_python_app_with_130_and_its_pause_lease_with_it() {
+    python_app_holding_a_lease_ends("sig-int-python", Stop::CtrlC, 130);
 }
 
 /// The app forks a child that forks grandchildren and exits at once: the

@@ -10,10 +10,10 @@
 
 use furnace::guest::console;
 use furnace_api::{Module, Process};
-use furnace_tests::containerd::{Layout, STOCK_STATE};
+use furnace_tests::containerd::{Layout, FURNACE_RUNTIME, NAMESPACE, STOCK_STATE};
 use furnace_tests::docker::TestDocker;
 use furnace_tests::stack::{strs, FurnaceStack};
-use furnace_tests::GROUND_TRUTH_TIMEOUT;
+use furnace_tests::{stdout_if_success, GROUND_TRUTH_TIMEOUT};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::sync::OnceLock;
@@ -34,22 +34,33 @@ fn run(app: &str, id: &str, extra: &[&str], argv: &[&str]) -> Output {
 }
 
 fn stdout_of(what: &str, out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout_if_success(what, out.clone()).unwrap()
 }
 
-/// The state directory is containerd's, untouched: no group or other may
-/// read it, whatever the partition needed to reach its rootfs.
+/// containerd's state directory and the task's bundle keep the modes
+/// containerd gave them (the bundle `0700 root:root`) while an app runs in
+/// its partition: the shim reaches the rootfs without opening either.
 #[test]
 fn containerds_own_directories_are_left_as_containerd_made_them() {
+    use std::os::unix::fs::MetadataExt;
     let s = stack();
     let before = std::fs::metadata(STOCK_STATE).unwrap().permissions().mode() & 0o7777;
-    stdout_of("ps", &run("ps", "stock-perms", &[], &[]));
+    let image = s.import("ps").unwrap();
+    let out = s.ctr_run_image(&image, FURNACE_RUNTIME, "-d", "stock-perms", &[], &[]);
+    stdout_of("ctr run -d furnace/ps", &out);
+    let bundle = std::path::Path::new(STOCK_STATE)
+        .join("io.containerd.runtime.v2.task")
+        .join(NAMESPACE)
+        .join("stock-perms");
+    let meta = std::fs::metadata(&bundle);
+    s.remove("stock-perms");
+    let meta = meta.unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o700, 0, 0),
+        "the bundle {} as containerd makes it",
+        bundle.display()
+    );
     let after = std::fs::metadata(STOCK_STATE).unwrap().permissions().mode() & 0o7777;
     assert_eq!(after, before, "{STOCK_STATE} mode changed");
     assert_eq!(

@@ -10,22 +10,23 @@ use super::*;
 /// own tmpfs ([`SOCKET_DIR`]).
 pub const INIT_PATH: &str = "/run/furnace/init";
 
-/// Runs the app under the host's init (`host_init`, an absolute path):
-/// binds it read-only, nosuid, nodev at [`INIT_PATH`] (after the
+/// Runs the app under the host's init, bound from `init_source` (an
+/// absolute host path, the shim's bind of the init in the partition's own
+/// directory): binds it read-only, nosuid, nodev at [`INIT_PATH`] (after the
 /// [`SOCKET_DIR`] tmpfs, which is added if the spec has none) and prepends
 /// `INIT_PATH --` to `process.args`. libcontainer applies the process's
 /// user, seccomp filter and `no_new_privs` before it execs the init, so the
 /// init runs under exactly the app's policy. A spec that already has it is
 /// left as it is (the mount is not repeated, the args are not prefixed
 /// twice).
-pub fn pid1_init(spec: &mut Spec, host_init: &Path) -> Result<(), PolicyError> {
-    let plain = host_init.is_absolute()
-        && host_init
+pub fn pid1_init(spec: &mut Spec, init_source: &Path) -> Result<(), PolicyError> {
+    let plain = init_source.is_absolute()
+        && init_source
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     if !plain {
         return Err(PolicyError::Init {
-            problem: format!("`{}` is not a plain absolute path", host_init.display()),
+            problem: format!("`{}` is not a plain absolute path", init_source.display()),
             fix: "pass the host path of furnace-init, e.g. next to containerd-shim-furnace-v1"
                 .into(),
         });
@@ -54,7 +55,7 @@ pub fn pid1_init(spec: &mut Spec, host_init: &Path) -> Result<(), PolicyError> {
     }
     mounts.retain(|m| m.destination() != Path::new(INIT_PATH));
     let mut bind = mount(INIT_PATH, "bind", "", &["bind", "ro", "nosuid", "nodev"]);
-    bind.set_source(Some(host_init.to_path_buf()));
+    bind.set_source(Some(init_source.to_path_buf()));
     mounts.push(bind);
     Ok(())
 }
@@ -70,9 +71,9 @@ fn has_init(args: &[String]) -> bool {
 pub fn init_for_role(
     spec: &mut Spec,
     role: Role,
-    host_init: Option<&Path>,
+    init_source: Option<&Path>,
 ) -> Result<(), PolicyError> {
-    match (role, host_init) {
+    match (role, init_source) {
         (Role::Sandbox, None) => Ok(()),
         (Role::Sandbox, Some(_)) => Err(PolicyError::Init {
             problem: "the sandbox role runs its pause process as PID 1, which reaps and handles signals itself".into(),
