@@ -3,7 +3,7 @@
 use crate::error::ConfigError;
 use crate::schema::ProviderConfig;
 use crate::DEFAULT_CONFIG_PATH;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 impl ProviderConfig {
     /// Reads and validates the config at `path`. The file must exist.
@@ -18,29 +18,35 @@ impl ProviderConfig {
 
     /// Reads [`DEFAULT_CONFIG_PATH`] if it exists, else returns the defaults.
     pub fn load_default() -> Result<Self, ConfigError> {
-        Self::load_or_default(DEFAULT_CONFIG_PATH)
+        Self::load_from(None)
     }
 
     /// Reads `path` if it exists, else returns the defaults.
     pub fn load_or_default(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        match std::fs::metadata(path) {
-            Ok(_) => Self::load(path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            }),
+        match is_absent(path) {
+            true => Ok(Self::default()),
+            false => Self::load(path),
+        }
+    }
+
+    /// The file [`Self::load_from`] reads for `path`: `path` itself, else
+    /// [`DEFAULT_CONFIG_PATH`] unless it is absent; `None` means the defaults.
+    pub fn file_for(path: Option<&Path>) -> Option<PathBuf> {
+        match path {
+            Some(path) => Some(path.to_path_buf()),
+            None if is_absent(Path::new(DEFAULT_CONFIG_PATH)) => None,
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
         }
     }
 
     /// How the shim, the sidecar and the CLI find the file: the path they
     /// were given (containerd's `ConfigPath`, or `--config`), which must
-    /// exist; else [`Self::load_default`].
+    /// exist; else [`DEFAULT_CONFIG_PATH`] if it exists; else the defaults.
     pub fn load_from(path: Option<&Path>) -> Result<Self, ConfigError> {
-        match path {
-            Some(path) => Self::load(path),
-            None => Self::load_default(),
+        match Self::file_for(path) {
+            Some(file) => Self::load(file),
+            None => Ok(Self::default()),
         }
     }
 
@@ -57,6 +63,12 @@ impl ProviderConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("ProviderConfig always serialises")
     }
+}
+
+/// Whether nothing is at `path`. A file that is there but cannot be looked
+/// at counts as present, so that reading it reports why.
+fn is_absent(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Turns serde's error, which names only the last segment of a key, into

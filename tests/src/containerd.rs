@@ -188,7 +188,7 @@ impl TestContainerd {
     /// Like [`TestContainerd::ctr`], returning stdout; fails with stderr when
     /// ctr exits non-zero.
     pub fn ctr_ok(&self, args: &[&str]) -> Result<String> {
-        stdout_if_success(&format!("ctr {args:?}"), self.ctr(args))
+        stdout_if_success(&format!("ctr {args:?}"), &self.ctr(args))
     }
 
     /// The server's version as `ctr version` prints it (e.g. `1.6.20~ds1`).

@@ -68,7 +68,7 @@ impl TestDocker {
 
     /// Like [`TestDocker::docker`]; fails with its output when docker exits non-zero.
     pub fn docker_ok(&self, args: &[&str]) -> Result<String> {
-        stdout_if_success(&format!("docker {args:?}"), self.docker(args))
+        stdout_if_success(&format!("docker {args:?}"), &self.docker(args))
     }
 
     /// `docker save IMAGE | ctr images import -`, the tenant's route from

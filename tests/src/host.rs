@@ -205,7 +205,7 @@ pub(crate) fn unmount_under(dir: &Path) {
 
 /// A command's stdout when it exited 0, else an error naming `what` with
 /// its status and output.
-pub fn stdout_if_success(what: &str, out: std::process::Output) -> anyhow::Result<String> {
+pub fn stdout_if_success(what: &str, out: &std::process::Output) -> anyhow::Result<String> {
     if !out.status.success() {
         anyhow::bail!(
             "{what} failed ({}): {}{}",

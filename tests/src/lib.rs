@@ -28,6 +28,13 @@ pub mod walks;
 pub const GUEST_ROOT: &str = "/run/furnace/guests";
 pub const GROUND_TRUTH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Serializes the tests of one test binary that must not overlap on its
+/// shared guest (a pause, a breakpoint, a signal's timing).
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where the release binaries are: `FURNACE_BIN_DIR` (set by `make test`) or
 /// the target directory this test binary was built into.
 pub fn bin_dir() -> PathBuf {

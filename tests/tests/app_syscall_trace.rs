@@ -6,12 +6,13 @@
 //! engine, so they take turns.
 
 use furnace::guest::console;
+use furnace_tests::one_at_a_time;
 use furnace_tests::running::RunningApp;
 use furnace_tests::stack::{strs, FurnaceStack};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
 use serde_json::Value;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const APP: &str = "/usr/bin/furnace-syscall-trace";
@@ -23,11 +24,6 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 fn stack() -> &'static FurnaceStack {
     static STACK: OnceLock<FurnaceStack> = OnceLock::new();
     STACK.get_or_init(|| FurnaceStack::start("events").expect("the Furnace stack starts"))
-}
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Starts `furnace-syscall-trace ARGS` with `permissions` and waits until it

@@ -7,10 +7,11 @@
 use furnace::guest::console;
 use furnace_api::v1::{event::Detail, EventSpec, Permission};
 use furnace_api::{Delivery, ErrorCode, Vmi};
+use furnace_tests::one_at_a_time;
 use furnace_tests::{GuestWithSidecar, TestGuest, TestSidecar, GROUND_TRUTH_TIMEOUT};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn fixture() -> &'static GuestWithSidecar {
@@ -21,11 +22,6 @@ fn fixture() -> &'static GuestWithSidecar {
 }
 
 /// The guest and its event engine are shared; tests take turns.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn app(name: &str, permissions: &[Permission]) -> Vmi {
     let socket = fixture().sidecar.register(name, permissions, 0);
     Vmi::connect(&socket).unwrap()

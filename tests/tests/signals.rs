@@ -19,11 +19,12 @@
 //! two-core CI machine gets. Each time is printed.
 
 use furnace_tests::containerd::FURNACE_RUNTIME;
+use furnace_tests::one_at_a_time;
 use furnace_tests::stack::{strs, FurnaceStack};
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::driver::{RunState, VmControl};
 use serde_json::Value;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const TRACE: &str = "/usr/bin/furnace-syscall-trace";
@@ -38,11 +39,6 @@ const SETTLE: Duration = Duration::from_secs(10);
 fn stack() -> &'static FurnaceStack {
     static STACK: OnceLock<FurnaceStack> = OnceLock::new();
     STACK.get_or_init(|| FurnaceStack::start("signals").expect("the Furnace stack starts"))
-}
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    TURN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn health() -> furnace_api::v1::HealthResponse {

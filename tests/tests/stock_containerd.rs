@@ -34,7 +34,7 @@ fn run(app: &str, id: &str, extra: &[&str], argv: &[&str]) -> Output {
 }
 
 fn stdout_of(what: &str, out: &Output) -> String {
-    stdout_if_success(what, out.clone()).unwrap()
+    stdout_if_success(what, out).unwrap()
 }
 
 /// containerd's state directory and the task's bundle keep the modes

@@ -9,10 +9,15 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// `name` in the current executable's directory, where `make install` puts
+/// the shim's companions.
+fn beside_this_executable(name: &str) -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(name))
+}
+
 /// The helper binary: [`HELPER_BIN`] in the current executable's directory.
 pub fn helper_path() -> std::io::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    Ok(exe.with_file_name(HELPER_BIN))
+    beside_this_executable(HELPER_BIN)
 }
 
 /// The PID 1 init of app partitions (`init/`), installed beside the shim.
@@ -21,14 +26,12 @@ pub const INIT_BIN: &str = "furnace-init";
 /// The host's init: [`INIT_BIN`] in the current executable's directory,
 /// or an error naming the file that is missing.
 pub fn init_path() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe()
+    let init = beside_this_executable(INIT_BIN)
         .map_err(|e| format!("finding {INIT_BIN}: the shim's own path: {e}"))?;
-    let init = exe.with_file_name(INIT_BIN);
     if !init.is_file() {
         return Err(format!(
-            "{} is missing: apps run under it as PID 1; install {INIT_BIN} next to {} (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
+            "{} is missing: apps run under it as PID 1; install {INIT_BIN} next to the shim (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
             init.display(),
-            exe.display()
         ));
     }
     Ok(init)

@@ -3,13 +3,13 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use furnace_config::{ProviderConfig, DEFAULT_CONFIG_PATH};
+use furnace_config::ProviderConfig;
 use furnace_vmi::driver::qemu::QemuGuest;
 use furnace_vmi::linux::LinuxKernel;
 use furnace_vmi::profile::Profile;
 use furnace_vmi::server::Sidecar;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(name = "furnace-vmi-sidecar", version, about)]
@@ -44,11 +44,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let config = ProviderConfig::load_from(args.config.as_deref())?;
     let socket_root = args.socket_root.as_ref().unwrap_or(&config.socket_root);
-    let source = match &args.config {
-        Some(path) => path.display().to_string(),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.to_string(),
-        None => "none (the defaults)".to_string(),
-    };
+    let source = ProviderConfig::file_for(args.config.as_deref())
+        .map_or_else(|| "none (the defaults)".into(), |f| f.display().to_string());
     tracing::info!(config = %source, socket_root = %socket_root.display(), "provider config");
     let profile_path = args
         .profile
