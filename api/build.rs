@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/furnace/vmi/v1/events.proto",
         "proto/furnace/vmi/v1/vmi.proto",
         "proto/furnace/vmi/v1/admin.proto",
+        "proto/furnace/fac/v1/facilities.proto",
         "proto/furnace/ttrpc/v1/ttrpc.proto",
     ];
     for proto in protos {

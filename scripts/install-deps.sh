@@ -10,6 +10,7 @@ packages=(
     dwarves           # pahole, ground truth for profile offsets
     binutils          # readelf/objcopy, ground truth for the banner bytes
     python3-protobuf  # the Python SDK (for /usr/bin/python3)
+    python3-cryptography  # its facilities client: X25519, ChaCha20-Poly1305
     ca-certificates
     containerd        # the real containerd the shim is tested under (1.6 on bookworm)
     runc              # the peer the shim is benchmarked against

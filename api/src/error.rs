@@ -89,6 +89,7 @@ pub fn grpc_code(code: ErrorCode) -> i32 {
         ErrorCode::ProfileMismatch => code::FAILED_PRECONDITION,
         ErrorCode::InvalidArgument => code::INVALID_ARGUMENT,
         ErrorCode::Unsupported => code::UNIMPLEMENTED,
+        ErrorCode::DeadlineExceeded => code::DEADLINE_EXCEEDED,
     }
 }
 
@@ -102,6 +103,7 @@ fn code_from_grpc(grpc: i32) -> ErrorCode {
         code::FAILED_PRECONDITION => ErrorCode::ProfileMismatch,
         code::INVALID_ARGUMENT => ErrorCode::InvalidArgument,
         code::UNIMPLEMENTED => ErrorCode::Unsupported,
+        code::DEADLINE_EXCEEDED => ErrorCode::DeadlineExceeded,
         _ => ErrorCode::Internal,
     }
 }

@@ -8,6 +8,19 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/furnace.vmi.v1.rs"));
 }
 
+/// Generated from `proto/furnace/fac/v1/facilities.proto`.
+pub mod fac {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/furnace.fac.v1.rs"));
+    }
+}
+
+/// `furnace.vmi.v1` where the generated facilities code looks for it.
+#[doc(hidden)]
+pub mod vmi {
+    pub use crate::v1;
+}
+
 /// The ttrpc envelope, generated from `proto/furnace/ttrpc/v1/ttrpc.proto`.
 pub mod ttrpc {
     include!(concat!(env!("OUT_DIR"), "/ttrpc.rs"));
@@ -17,6 +30,7 @@ pub mod admin;
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod facilities;
 pub mod table;
 pub mod wire;
 
@@ -24,6 +38,7 @@ pub use admin::Admin;
 pub use client::{Batch, CallRef, Vmi};
 pub use error::ApiError;
 pub use events::{Delivery, EventStream};
+pub use facilities::Facilities;
 pub use v1::{ErrorCode, Module, Process, Symbol, Translation};
 
 /// The compiled `FileDescriptorSet` of every `.proto` here; the Python SDK

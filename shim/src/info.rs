@@ -55,7 +55,7 @@ pub fn features() -> serde_json::Value {
         },
         "annotations": {
             "io.furnace.roles": "app,fac,sandbox",
-            "io.furnace.annotations": "furnace.dev/guest,furnace.dev/permissions,furnace.dev/limits,furnace.dev/backend,furnace.dev/backend-key"
+            "io.furnace.annotations": "furnace.dev/guest,furnace.dev/permissions,furnace.dev/limits,furnace.dev/backend,furnace.dev/backend-key,furnace.dev/app-key"
         }
     })
 }

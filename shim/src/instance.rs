@@ -93,6 +93,13 @@ impl Instance {
         let role = Role::from_annotations(&annotations);
         let request = furnace_runtime::annotations::parse(&annotations, p.config, role)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
+        if request.backend.is_some() {
+            // Refused rather than run without the relay the app asked for.
+            return Err(CreateError::Invalid(format!(
+                "{} is set, but this shim does not start the facilities relay yet (docs/facilities.md, \"Status\"); remove the furnace.dev/backend, backend-key and app-key annotations",
+                furnace_runtime::annotations::BACKEND
+            )));
+        }
         let app_id = registration::app_id(p.namespace, p.id);
         let vmi_socket = request
             .guest

@@ -1,0 +1,11 @@
+//! The facilities partition (docs/facilities.md): the app's one way out.
+//!
+//! - [`storage`]: per-app storage on the host, under a quota, with atomic puts;
+//! - [`relay`]: the per-app relay the shim starts, which forwards sealed
+//!   messages between the app's socket and the tenant backend;
+//! - [`backend`]: the tenant-side library `furnace backend` is built on.
+
+pub mod backend;
+pub mod relay;
+pub mod storage;
+mod wire;
