@@ -25,6 +25,21 @@ from .events import Dropped, EventStream, breakpoint, breakpoint_at, processes, 
 
 __version__ = "0.1.0"
 
+# Facilities (docs/facilities.md) need `cryptography` as well, so they load on
+# first use (and stay out of `import *`): `furnace_vmi.Facilities`,
+# `furnace_vmi.Backend`, or `from furnace_vmi.facilities import ...`.
+_LAZY = {"Facilities": "facilities", "keygen": "facilities", "Backend": "backend"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    import importlib
+
+    return getattr(importlib.import_module("." + module, __name__), name)
+
+
 __all__ = [
     "ADMIN_SERVICE",
     "Admin",
