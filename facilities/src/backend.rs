@@ -258,7 +258,12 @@ impl Backend {
                 kind,
                 data,
             };
-            let reply = (self.on_message)(&message);
+            // The callback may block (`furnace backend --on-request` runs a
+            // command): off the async workers, so other sessions go on.
+            let on_message = self.on_message.clone();
+            let reply = tokio::task::spawn_blocking(move || on_message(&message))
+                .await
+                .map_err(|e| format!("app {app}: the message callback failed: {e}"))?;
             lock(&self.delivered).insert(hello_id.to_vec(), sealed.seq);
             if kind == AppMessageKind::Request {
                 let seq = next_seq.fetch_add(1, Ordering::Relaxed);

@@ -26,8 +26,11 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub const RELAY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Backend messages kept for [`Facilities::receive`] before the oldest go.
 const INBOX_LIMIT: usize = 1024;
-/// The largest frame the client reads (a reply of the relay's maximum size).
-const READ_LIMIT: usize = (64 << 20) + FRAME_OVERHEAD;
+/// The largest frame the client reads: a sealed message of the largest size
+/// the relay forwards.
+fn read_limit() -> usize {
+    super::seal::sealed_len(64 << 20) + FRAME_OVERHEAD
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
@@ -49,6 +52,8 @@ struct Inbox {
     refused: Option<ApiError>,
     accepted: HashMap<u64, Result<()>>,
     replies: HashMap<u64, Result<Vec<u8>>>,
+    /// Requests sent and not yet answered.
+    pending_requests: std::collections::HashSet<u64>,
     storage: HashMap<u64, storage_result::Result>,
     messages: VecDeque<Message>,
     dropped_messages: u64,
@@ -170,11 +175,12 @@ impl Facilities {
     pub fn request(&self, data: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let deadline_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let seq = self.send(Kind::Request, data, deadline_ms)?;
-        self.wait(timeout, |inbox| inbox.replies.remove(&seq))
-            .inspect_err(|_| {
-                // A reply that comes after the deadline is not kept.
-                self.inbox().replies.remove(&seq);
-            })
+        let answer = self.wait(timeout, |inbox| inbox.replies.remove(&seq));
+        // Nothing that comes after the deadline is kept.
+        let mut inbox = self.inbox();
+        inbox.pending_requests.remove(&seq);
+        inbox.replies.remove(&seq);
+        answer
     }
 
     /// The next message the backend sent this app (directed or broadcast),
@@ -239,6 +245,9 @@ impl Facilities {
             ciphertext,
             deadline_ms,
         };
+        if kind == Kind::Request {
+            self.inbox().pending_requests.insert(seq);
+        }
         frame::write(&mut sender.stream, Body::Sealed(sealed))
             .map_err(|e| unavailable(format!("sending to the facilities relay: {e}")))?;
         sender.next_seq += 1;
@@ -354,7 +363,7 @@ impl Storage<'_> {
 
 fn read_loop(mut stream: UnixStream, handshake: AppHandshake, shared: &Shared) {
     let end = loop {
-        let body = match frame::read(&mut stream, READ_LIMIT) {
+        let body = match frame::read(&mut stream, read_limit()) {
             Ok(Some(body)) => body,
             Ok(None) => break unavailable("the facilities relay closed the connection"),
             Err(FrameError::Io(e)) => {
@@ -409,8 +418,13 @@ fn take(inbox: &mut Inbox, handshake: &AppHandshake, body: Body) -> Result<()> {
         Body::Failed(f) => {
             let code = ErrorCode::try_from(f.code).unwrap_or(ErrorCode::Internal);
             let e = ApiError::new(code, f.message);
-            inbox.accepted.insert(f.seq, Err(e.clone()));
-            inbox.replies.insert(f.seq, Err(e));
+            // Filed under the one call that sent `seq`: a notify waits for
+            // its acceptance, a request for its reply.
+            if inbox.pending_requests.remove(&f.seq) {
+                inbox.replies.insert(f.seq, Err(e));
+            } else {
+                inbox.accepted.insert(f.seq, Err(e));
+            }
         }
         Body::Sealed(s) => {
             let Some(down) = &inbox.downstream else {

@@ -89,8 +89,13 @@ impl Keypair {
 
     /// Writes `<stem>.key` (0600, refusing to overwrite) and `<stem>.pub`.
     pub fn write(&self, stem: &Path) -> Result<(PathBuf, PathBuf), KeyError> {
-        let key = stem.with_extension("key");
-        let public = stem.with_extension("pub");
+        // Appended, not substituted: `alpha.v2` gives `alpha.v2.key`.
+        let with = |ext: &str| {
+            let mut name = stem.as_os_str().to_owned();
+            name.push(ext);
+            PathBuf::from(name)
+        };
+        let (key, public) = (with(".key"), with(".pub"));
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| KeyError::Io { path, source }

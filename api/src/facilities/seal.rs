@@ -28,6 +28,8 @@ pub const CHUNK_PLAINTEXT: usize = NOISE_MAX - TAG;
 const INNER_HEADER: usize = 17;
 /// Chunks per message: the nonce is `seq * 65536 + chunk`.
 const MAX_CHUNKS: usize = 65536;
+/// Sequence numbers from here on would wrap the nonce.
+const MAX_SEQ: u64 = 1 << 48;
 
 pub(crate) fn upstream_params() -> snow::params::NoiseParams {
     UPSTREAM.parse().expect("a valid Noise pattern")
@@ -45,6 +47,8 @@ pub enum SealError {
     Corrupt { seq: u64, why: &'static str },
     #[error("a message of {0} bytes is larger than one sealed message can carry")]
     TooLarge(usize),
+    #[error("this session has used up its sequence numbers; open a new one")]
+    Exhausted,
 }
 
 fn handshake_error(e: snow::Error) -> SealError {
@@ -70,6 +74,9 @@ impl Channel {
         request_id: u64,
         data: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        if seq >= MAX_SEQ {
+            return Err(SealError::Exhausted);
+        }
         let total = sealed_len(data.len());
         if total.div_ceil(NOISE_MAX) > MAX_CHUNKS {
             return Err(SealError::TooLarge(data.len()));
