@@ -6,7 +6,7 @@
 //! A directed message goes to the sessions authenticated with that app's key
 //! and to nothing else: there is no routing id a relay could get wrong.
 
-use crate::wire;
+use crate::{lock, wire};
 use furnace_api::fac::v1::{self as fac, frame::Body, Kind};
 use furnace_api::facilities::frame::FRAME_OVERHEAD;
 use furnace_api::facilities::seal::{sealed_len, BackendHandshake, Channel};
@@ -282,8 +282,4 @@ impl Backend {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

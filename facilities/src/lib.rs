@@ -9,3 +9,8 @@ pub mod backend;
 pub mod relay;
 pub mod storage;
 mod wire;
+
+/// Taken over when poisoned: one panicking session must not wedge the rest.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

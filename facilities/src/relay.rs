@@ -5,7 +5,7 @@
 //! serves the app's storage.
 
 use crate::storage::{StorageError, Store};
-use crate::wire;
+use crate::{lock, wire};
 use furnace_api::fac::v1::{self as fac, frame::Body, storage_call, storage_result, Kind};
 use furnace_api::facilities::frame::{FrameError, FRAME_OVERHEAD};
 use furnace_api::facilities::seal::sealed_len;
@@ -286,10 +286,6 @@ fn storage_code(e: &StorageError) -> ErrorCode {
         StorageError::NotFound { .. } => ErrorCode::NotFound,
         StorageError::Io { .. } => ErrorCode::Internal,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn failed(seq: u64, code: ErrorCode, message: &str) -> Body {
