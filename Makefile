@@ -40,7 +40,7 @@ bench: build kernel images
 PREFIX ?= /usr/local
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(SHIM_DIR)/containerd-shim-furnace-v1 $(SHIM_DIR)/furnace-init $(BIN_DIR)/furnace-launch-helper $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BIN_DIR)/furnace $(BIN_DIR)/furnace-vmi-sidecar $(SHIM_DIR)/containerd-shim-furnace-v1 $(SHIM_DIR)/furnace-init $(SHIM_DIR)/furnace-fac-relay $(BIN_DIR)/furnace-launch-helper $(DESTDIR)$(PREFIX)/bin/
 
 # --release shares build scripts and proc macros with `make build`.
 lint: deps

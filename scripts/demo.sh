@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make demo`: the whole Furnace flow on one machine, real parts only.
-# A Debian guest boots under QEMU, its VMI sidecar starts, containerd runs the
-# example app furnace/ps:dev under io.furnace.v1, and what the app read from
-# outside the guest is set beside the guest's own ps, with a verdict.
+# A Debian guest boots under QEMU, its VMI sidecar starts, the tenant's
+# backend (`furnace backend`) starts in a network namespace of its own behind
+# a veth pair (a remote tenant, on this one machine), containerd runs the
+# example app furnace/ps:dev under io.furnace.v1 with that backend, and what
+# the backend received, sealed end to end through the app's facilities relay,
+# is set beside the guest's own ps, with a verdict.
 #
 # Each step prints one line with its time; its output goes to a log, named
 # when the step fails. Everything started here is stopped on exit, by pid.
@@ -21,10 +24,16 @@ namespace=furnace-demo
 app_id=demo-ps
 system_containerd=/run/containerd/containerd.sock
 log_dir=$(mktemp -d /tmp/furnace-demo.XXXXXX)
+# The tenant's network: 10.213.0.2 in its namespace, 10.213.0.1 on the host.
+tenant_ns=furnace-demo-tenant
+tenant_link=furnace-demo0
+backend_address=10.213.0.2:7000
+keys=$work/keys
 
 containerd_address=
 containerd_pid=
 sidecar_pid=
+backend_pid=
 
 say() { printf '%s\n' "$*"; }
 
@@ -58,15 +67,18 @@ cleanup() {
         ctr_demo --timeout 20s container delete "$app_id" >/dev/null 2>&1 || true
     fi
     stop_pid "$sidecar_pid"
-    # A previous run's private containerd and sidecar, by the pids they left.
+    stop_pid "$backend_pid"
+    # A previous run's private containerd, sidecar and backend, by the pids they left.
     local file
-    for file in "$work/containerd.pid" "$work/sidecar.pid"; do
+    for file in "$work/containerd.pid" "$work/sidecar.pid" "$work/backend.pid"; do
         [ -f "$file" ] && stop_pid "$(cat "$file")"
     done
     if [ -d "$work" ]; then
         grep -o " $work/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
         rm -rf "$work"
     fi
+    ip netns del "$tenant_ns" 2>/dev/null || true
+    ip link del "$tenant_link" 2>/dev/null || true
     "$furnace" guest down "$guest" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -130,10 +142,52 @@ EOF
     wait_answer containerd "$containerd_pid" "$log_dir/containerd.log" ctr --address "$containerd_address" version
 }
 
+start_tenant_network() {
+    ip netns add "$tenant_ns"
+    ip link add "$tenant_link" type veth peer name tenant0
+    ip link set tenant0 netns "$tenant_ns"
+    ip addr add 10.213.0.1/30 dev "$tenant_link"
+    ip link set "$tenant_link" up
+    ip netns exec "$tenant_ns" ip addr add 10.213.0.2/30 dev tenant0
+    ip netns exec "$tenant_ns" ip link set tenant0 up
+    ip netns exec "$tenant_ns" ip link set lo up
+    ip -brief addr show "$tenant_link"
+}
+
+# The backend's key and the app's; the app's private key must be readable by
+# the host uid the app runs as (root in its user namespace: 100000).
+make_keys() {
+    mkdir -p -m 0711 "$keys"
+    "$furnace" keygen "$keys/backend"
+    "$furnace" keygen "$keys/$app_id"
+    chown 100000:100000 "$keys/$app_id.key"
+}
+
+start_backend() {
+    ip netns exec "$tenant_ns" "$furnace" backend --listen "$backend_address" \
+        --key "$keys/backend.key" --allow "$keys/$app_id.pub" \
+        >"$log_dir/backend.jsonl" 2>"$log_dir/backend.log" &
+    backend_pid=$!
+    echo "$backend_pid" >"$work/backend.pid"
+    wait_answer "furnace backend" "$backend_pid" "$log_dir/backend.log" \
+        ip netns exec "$tenant_ns" bash -c "exec 3<>/dev/tcp/${backend_address%:*}/${backend_address#*:}"
+}
+
 run_app() {
+    : >"$log_dir/backend.jsonl"
     ctr_demo run --rm --runtime io.furnace.v1 --annotation "furnace.dev/guest=$guest" \
+        --annotation "furnace.dev/backend=$backend_address" \
+        --annotation "furnace.dev/backend-key=$(cat "$keys/backend.pub")" \
+        --annotation "furnace.dev/app-key=$keys/$app_id.key" \
         furnace/ps:dev "$app_id" >"$log_dir/app-ps.txt"
-    cat "$log_dir/app-ps.txt"
+    # The app returns once the backend confirmed; its line is printed by then.
+    /usr/bin/python3 -c '
+import json, sys
+got = [m for m in map(json.loads, open(sys.argv[1])) if m.get("app") == sys.argv[2] and m.get("type") == "notify"]
+if not got:
+    sys.exit("the backend received nothing from " + sys.argv[2])
+sys.stdout.write(got[-1]["data"])' "$log_dir/backend.jsonl" "$app_id" >"$log_dir/backend-ps.txt"
+    cat "$log_dir/backend-ps.txt"
 }
 
 # (pid, name) of each process. The guest's ps names workqueue workers with
@@ -150,6 +204,9 @@ run_step "build (cargo --release, static shim)" build
 run_step "fetch the guest kernel, -dbg and ISF profile" "$furnace" guest fetch-kernel
 run_step "boot the guest $guest (QEMU/TCG)" "$furnace" guest up "$guest"
 run_step "start its VMI sidecar" start_sidecar
+run_step "the tenant's network: namespace and veth" start_tenant_network
+run_step "keys: furnace keygen backend, $app_id" make_keys
+run_step "start furnace backend in the tenant network" start_backend
 if system_containerd_serves_furnace; then
     containerd_address=$system_containerd
     run_step "use the running containerd" ctr --address "$containerd_address" version
@@ -161,25 +218,30 @@ run_step "build the images (buildah) and import them" \
     env CONTAINERD_ADDRESS="$containerd_address" CONTAINERD_NAMESPACE="$namespace" bash scripts/images.sh --import
 
 say ""
-say "== ctr run --rm --runtime io.furnace.v1 --annotation furnace.dev/guest=$guest furnace/ps:dev $app_id"
+say "== ctr run --rm --runtime io.furnace.v1 --annotation furnace.dev/guest=$guest"
+say "       --annotation furnace.dev/backend=$backend_address --annotation furnace.dev/backend-key=…"
+say "       --annotation furnace.dev/app-key=$keys/$app_id.key furnace/ps:dev $app_id"
 verdict=MISMATCH
 for attempt in 1 2 3; do
     run_step "run the ps app in its partition (attempt $attempt)" run_app
     "$furnace" guest ps "$guest" >"$log_dir/guest-ps.txt"
-    app_set "$log_dir/app-ps.txt" >"$log_dir/app.set"
+    app_set "$log_dir/backend-ps.txt" >"$log_dir/app.set"
+    cmp -s "$log_dir/app-ps.txt" "$log_dir/backend-ps.txt" ||
+        { say "the backend received other bytes than the app printed"; exit 1; }
     guest_set "$log_dir/guest-ps.txt" >"$log_dir/guest.set"
     # Kernel workers may come and go between the two looks: look again.
     if diff -q "$log_dir/guest.set" "$log_dir/app.set" >/dev/null; then verdict=MATCH; break; fi
 done
 
 say ""
-# Side by side: the app's PID, PPID, UID and NAME columns, then the guest's ps.
-paste -d '|' <(cut -c1-40 "$log_dir/app-ps.txt") "$log_dir/guest-ps.txt" |
-    awk -F'|' 'BEGIN { printf "%-44s %s\n", "The app, from outside the guest (VMI):", "The guest'"'"'s own ps:" }
+# Side by side: the PID, PPID, UID and NAME columns the tenant's backend
+# received from the app, then the guest's own ps.
+paste -d '|' <(cut -c1-40 "$log_dir/backend-ps.txt") "$log_dir/guest-ps.txt" |
+    awk -F'|' 'BEGIN { printf "%-44s %s\n", "The tenant backend received (VMI, sealed):", "The guest'"'"'s own ps:" }
                { printf "%-44s %s\n", $1, $2 }'
 say ""
 if [ "$verdict" = MATCH ]; then
-    say "MATCH: the $(wc -l <"$log_dir/app.set") processes the app read from outside the guest are the guest's own ps (pid and name)"
+    say "MATCH: the $(wc -l <"$log_dir/app.set") processes the app read from outside the guest, and sent sealed to the tenant's backend, are the guest's own ps (pid and name)"
 else
     say "MISMATCH: (pid, name) only in the guest's ps (-) or only in the app's view (+):"
     diff -u "$log_dir/guest.set" "$log_dir/app.set" | tail -n +3 || true

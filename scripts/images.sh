@@ -35,10 +35,11 @@ busybox=${BUSYBOX:-/bin/busybox}
 applets=(sh true echo cat sleep ls id)
 deb_cache=${FURNACE_DEB_CACHE:-/var/cache/furnace/debs}
 # furnace/python: the interpreter, the standard library's compiled modules'
-# libraries, and protobuf with its C++ runtime. Nothing that needs a terminal.
+# libraries, protobuf with its C++ runtime, and cryptography (the facilities
+# client's X25519 and ChaCha20-Poly1305). Nothing that needs a terminal.
 python_packages=(
     python3-minimal python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
-    python3-protobuf libprotobuf32 libstdc++6 libgcc-s1
+    python3-protobuf libprotobuf32 python3-cryptography python3-cffi-backend libstdc++6 libgcc-s1
     libc6 libexpat1 zlib1g libssl3 libffi8 libbz2-1.0 liblzma5 libuuid1 libcrypt1
 )
 
@@ -179,7 +180,7 @@ stage_python() {
     local site=$rootfs/usr/lib/python3/dist-packages
     cp -r api/python/furnace_vmi "$site/"
     find "$site/furnace_vmi" -name __pycache__ -prune -exec rm -rf {} +
-    chroot "$rootfs" /usr/bin/python3 -c 'import furnace_vmi, google.protobuf; print("python", __import__("sys").version.split()[0], "protobuf", google.protobuf.__version__)'
+    chroot "$rootfs" /usr/bin/python3 -c 'import furnace_vmi, furnace_vmi.facilities, furnace_vmi.backend, google.protobuf; print("python", __import__("sys").version.split()[0], "protobuf", google.protobuf.__version__)'
 }
 
 # Over names, types, modes, link targets and contents; not timestamps.

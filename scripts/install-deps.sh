@@ -18,6 +18,8 @@ packages=(
     docker.io         # tenants' `docker build`: our base images are built into it too
     libseccomp-dev    # libcontainer's seccomp support (links libseccomp)
     pkg-config
+    iproute2          # the tenant backend's network namespace and veth (demo, tests)
+    tcpdump           # the capture that shows facilities traffic is ciphertext
 )
 
 if [ "$(id -u)" -ne 0 ]; then

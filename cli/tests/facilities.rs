@@ -111,6 +111,7 @@ fn the_backend_prints_messages_answers_requests_and_sends_from_stdin() {
         .block_on(async { tokio::net::UnixListener::bind(&socket) })
         .unwrap();
     let relay = Arc::new(Relay {
+        broker: None,
         backend: address,
         limits: Limits::default(),
         storage: None,

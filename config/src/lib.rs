@@ -45,8 +45,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use schema::{
-    Limits, LimitsConfig, MaxLimits, PermissionsConfig, ProviderConfig, SeccompConfig, SeccompMode,
-    SidecarConfig, UserNamespaceConfig, CPU_PERIOD_US, MIN_CPU,
+    FacilitiesConfig, Limits, LimitsConfig, MaxLimits, PermissionsConfig, ProviderConfig,
+    RelayLimits, SeccompConfig, SeccompMode, SidecarConfig, UserNamespaceConfig, CPU_PERIOD_US,
+    MIN_CPU,
 };
 pub use units::ByteSize;
 

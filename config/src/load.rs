@@ -157,6 +157,7 @@ mod tests {
             cpu: Some(1.0),
             memory: Some(ByteSize::mib(1024)),
             pids: Some(64),
+            storage: None,
         };
         c.permissions.grantable = vec![Permission::Read, Permission::Write];
         c.seccomp.mode = SeccompMode::Kill;

@@ -35,6 +35,8 @@ pub struct ProviderConfig {
     pub tmp_exec: bool,
     /// What the VMI sidecar allows each app.
     pub sidecar: SidecarConfig,
+    /// The facilities relay of an app that names a backend.
+    pub facilities: FacilitiesConfig,
 }
 
 impl Default for ProviderConfig {
@@ -49,6 +51,7 @@ impl Default for ProviderConfig {
             tmp_size: ByteSize::mib(16),
             tmp_exec: false,
             sidecar: SidecarConfig::default(),
+            facilities: FacilitiesConfig::default(),
         }
     }
 }
@@ -62,6 +65,7 @@ impl ProviderConfig {
             cpu: m.cpu.unwrap_or(d.cpu),
             memory: m.memory.unwrap_or(d.memory),
             pids: m.pids.unwrap_or(d.pids),
+            storage: m.storage.unwrap_or(d.storage),
         }
     }
 
@@ -91,6 +95,8 @@ pub struct Limits {
     pub memory: ByteSize,
     /// Maximum number of tasks (processes and threads).
     pub pids: u64,
+    /// The app's facilities storage quota: key plus value bytes.
+    pub storage: ByteSize,
 }
 
 impl Default for Limits {
@@ -100,6 +106,7 @@ impl Default for Limits {
             cpu: 2.0,
             memory: ByteSize::mib(300),
             pids: 30,
+            storage: ByteSize::mib(16),
         }
     }
 }
@@ -117,6 +124,7 @@ pub struct MaxLimits {
     pub cpu: Option<f64>,
     pub memory: Option<ByteSize>,
     pub pids: Option<u64>,
+    pub storage: Option<ByteSize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +207,67 @@ pub struct SidecarConfig {
     pub max_subscriptions: u32,
 }
 
+/// The `[facilities]` table: what the relay of each app allows, where its
+/// storage lives, and the cgroup limits of the relay's own partition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FacilitiesConfig {
+    /// The largest message an app may send or receive.
+    pub max_message_bytes: ByteSize,
+    /// Messages per second one app may send (a token bucket of one second).
+    pub messages_per_second: u32,
+    /// Notify bytes accepted but not yet taken by the backend, per session.
+    pub max_bytes_in_flight: ByteSize,
+    /// Per-app storage lives in `<storage_root>/<namespace>/<id>`, kept
+    /// across restarts of the same app id.
+    pub storage_root: PathBuf,
+    /// The relay partition's cgroup limits.
+    pub relay: RelayLimits,
+}
+
+/// cgroup limits of a relay's partition.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayLimits {
+    pub cpu: f64,
+    pub memory: ByteSize,
+    pub pids: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            cpu: 1.0,
+            memory: ByteSize::mib(256),
+            pids: 16,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// As partition limits, with the app's storage quota (the relay serves it).
+    pub fn with_storage(self, storage: ByteSize) -> Limits {
+        Limits {
+            cpu: self.cpu,
+            memory: self.memory,
+            pids: self.pids,
+            storage,
+        }
+    }
+}
+
+impl Default for FacilitiesConfig {
+    fn default() -> Self {
+        FacilitiesConfig {
+            max_message_bytes: ByteSize::mib(16),
+            messages_per_second: 1000,
+            max_bytes_in_flight: ByteSize::mib(64),
+            storage_root: PathBuf::from("/var/lib/furnace/storage"),
+            relay: RelayLimits::default(),
+        }
+    }
+}
+
 impl SidecarConfig {
     /// The largest `max_read_bytes` whose reply still fits in one frame
     /// (64 KiB are left for the reply's other fields).
@@ -233,6 +302,8 @@ mod tests {
         assert_eq!(c.limits.default.cpu, 2.0);
         assert_eq!(c.limits.default.memory, ByteSize(300 * 1024 * 1024));
         assert_eq!(c.limits.default.pids, 30);
+        assert_eq!(c.limits.default.storage, ByteSize(16 << 20));
+        assert_eq!(c.facilities.max_message_bytes, ByteSize(16 << 20));
         assert_eq!(c.max_limits(), c.limits.default);
         assert_eq!(c.limits.default.cpu_quota_us(), 200_000);
         assert_eq!(c.seccomp.mode, SeccompMode::Errno);

@@ -1,7 +1,7 @@
 //! The checks serde cannot make: ranges, and the order of default and max.
 
 use crate::error::ConfigError;
-use crate::schema::{Limits, ProviderConfig, SidecarConfig, MIN_CPU};
+use crate::schema::{FacilitiesConfig, Limits, ProviderConfig, SidecarConfig, MIN_CPU};
 use furnace_api::v1::Permission;
 use furnace_api::wire::MAX_PAYLOAD;
 
@@ -34,6 +34,13 @@ impl ProviderConfig {
         }
         if d.pids > m.pids {
             return Err(exceeds("pids", d.pids.to_string(), m.pids.to_string()));
+        }
+        if d.storage > m.storage {
+            return Err(exceeds(
+                "storage",
+                d.storage.to_string(),
+                m.storage.to_string(),
+            ));
         }
         if self
             .permissions
@@ -79,7 +86,49 @@ impl ProviderConfig {
                 "set a small size such as \"16Mi\"",
             ));
         }
-        self.sidecar.validate()
+        self.sidecar.validate()?;
+        self.facilities.validate()
+    }
+}
+
+impl FacilitiesConfig {
+    /// Checks the `[facilities]` table (keys named `facilities.*`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes.bytes() == 0 || self.max_message_bytes.bytes() > 1 << 30 {
+            return Err(ConfigError::invalid(
+                "facilities.max_message_bytes",
+                format!("{} is not between 1 byte and 1Gi", self.max_message_bytes),
+                "use a size such as \"16Mi\" (the default)",
+            ));
+        }
+        if self.messages_per_second == 0 {
+            return Err(ConfigError::invalid(
+                "facilities.messages_per_second",
+                "0 would let no message through",
+                "use a rate such as 1000 (the default)",
+            ));
+        }
+        if self.max_bytes_in_flight < self.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "facilities.max_bytes_in_flight",
+                format!(
+                    "{} is less than facilities.max_message_bytes = {}, so the largest message could never be sent",
+                    self.max_bytes_in_flight, self.max_message_bytes
+                ),
+                "raise facilities.max_bytes_in_flight to at least max_message_bytes",
+            ));
+        }
+        if !self.storage_root.is_absolute() {
+            return Err(ConfigError::invalid(
+                "facilities.storage_root",
+                format!("`{}` is not an absolute path", self.storage_root.display()),
+                "use an absolute path such as /var/lib/furnace/storage",
+            ));
+        }
+        check_limits(
+            "facilities.relay",
+            &self.relay.with_storage(crate::ByteSize(0)),
+        )
     }
 }
 

@@ -3,9 +3,11 @@
 //! - [`storage`]: per-app storage on the host, under a quota, with atomic puts;
 //! - [`relay`]: the per-app relay the shim starts, which forwards sealed
 //!   messages between the app's socket and the tenant backend;
-//! - [`backend`]: the tenant-side library `furnace backend` is built on.
+//! - [`backend`]: the tenant-side library `furnace backend` is built on;
+//! - [`confinement`]: the relay's view of its own confinement, for its log.
 
 pub mod backend;
+pub mod confinement;
 pub mod relay;
 pub mod storage;
 mod wire;

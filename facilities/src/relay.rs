@@ -10,7 +10,9 @@ use furnace_api::fac::v1::{self as fac, frame::Body, storage_call, storage_resul
 use furnace_api::facilities::frame::{FrameError, FRAME_OVERHEAD};
 use furnace_api::facilities::seal::sealed_len;
 use furnace_api::{ApiError, ErrorCode};
+use furnace_fac_broker::BrokerClient;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -34,9 +36,44 @@ impl Default for Limits {
     }
 }
 
+/// Sessions whose app has left that may wait for the backend at once.
+pub const MAX_LINGERING: usize = 16;
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+static OPEN_SESSIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a session in [`OPEN_SESSIONS`] while it lives.
+struct OpenSession;
+
+impl OpenSession {
+    fn new() -> Self {
+        OPEN_SESSIONS.fetch_add(1, Ordering::SeqCst);
+        OpenSession
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        OPEN_SESSIONS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One of the [`MAX_LINGERING`], given back on drop.
+struct Lingering;
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct Relay {
     /// `host:port` of the tenant backend.
     pub backend: String,
+    /// Where backend connections come from when the relay may not dial
+    /// (its partition has no network): the shim connects to `backend` and
+    /// hands the stream over. `None`: the relay dials `backend` itself.
+    pub broker: Option<BrokerClient>,
     pub limits: Limits,
     pub storage: Option<Arc<Mutex<Store>>>,
     /// The first and the longest wait between reconnects.
@@ -47,14 +84,47 @@ impl Relay {
     /// Serves every app connection on `listener`, each in a session of its own.
     pub async fn serve(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         loop {
-            let (stream, _) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: the app's own doing; the
+                    // sessions it has go on.
+                    tracing::warn!("accepting an app connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let relay = self.clone();
             tokio::spawn(async move {
+                let _open = OpenSession::new();
                 if let Err(e) = relay.session(stream).await {
                     tracing::warn!("app session ended: {e}");
                 }
             });
         }
+    }
+
+    /// Waits until every session has ended, those whose app left included
+    /// (they end once the backend took their outbox), or `limit` passed.
+    /// Returns the sessions still open.
+    pub async fn drain(limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        while OPEN_SESSIONS.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OPEN_SESSIONS.load(Ordering::SeqCst)
+    }
+
+    /// Lets a session whose app left keep its outbox until the backend has
+    /// taken it, so an accepted notify is delivered though its sender has
+    /// exited. At most [`MAX_LINGERING`] sessions at once: their outboxes
+    /// are the relay's memory.
+    fn linger(&self) -> Option<Lingering> {
+        if LINGERING.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Lingering)
     }
 
     fn frame_limit(&self) -> usize {
@@ -91,11 +161,16 @@ impl Relay {
             None => return Ok(()),
         };
         let _ = wire::write(&mut app, self.status(false)).await;
+        let mut app = Some(app);
+        let mut _lingering = None;
         let mut s = Session::new(&self.limits);
         let mut link: Option<Link> = None;
         let mut retry_at = Instant::now();
         let mut backoff = self.backoff.0;
         loop {
+            if app.is_none() && s.outbox.is_empty() {
+                return Ok(());
+            }
             if link.is_none() && Instant::now() >= retry_at {
                 match self.connect(&hello, &s).await {
                     Ok(l) => {
@@ -120,8 +195,17 @@ impl Relay {
                     .into(),
             );
             tokio::select! {
-                frame = from_app.recv() => match frame {
-                    None => return Ok(()),
+                frame = from_app.recv(), if app.is_some() => match frame {
+                    None => {
+                        app = None;
+                        if !s.outbox.is_empty() {
+                            _lingering = self.linger();
+                            if _lingering.is_none() {
+                                return Err(format!("the app left with {} notifies the backend has not taken, and {MAX_LINGERING} sessions already wait for the backend: dropped", s.outbox.len()));
+                            }
+                            tracing::info!("the app left with {} notifies the backend has not taken; keeping them until it does", s.outbox.len());
+                        }
+                    }
                     Some(Err(e)) => {
                         let code = match e {
                             FrameError::TooLarge { .. } => ErrorCode::LimitExceeded,
@@ -177,10 +261,9 @@ impl Relay {
 
     /// Connects, opens the session and resends what the backend has not taken.
     async fn connect(&self, hello: &fac::Hello, s: &Session) -> std::io::Result<Link> {
-        let stream =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.backend))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let stream = tokio::time::timeout(Duration::from_secs(5), self.dial())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
         let (read, mut write) = stream.into_split();
         wire::write(&mut write, Body::Hello(hello.clone())).await?;
@@ -189,6 +272,18 @@ impl Relay {
         }
         let rx = wire::spawn_reader(read, sealed_len(64 << 20) + FRAME_OVERHEAD);
         Ok(Link { write, rx })
+    }
+
+    async fn dial(&self) -> std::io::Result<TcpStream> {
+        let Some(broker) = self.broker.clone() else {
+            return TcpStream::connect(&self.backend).await;
+        };
+        let stream = tokio::task::spawn_blocking(move || broker.backend())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        stream.set_nonblocking(true)?;
+        TcpStream::from_std(stream)
     }
 
     async fn take_from_app(
@@ -296,10 +391,20 @@ fn failed(seq: u64, code: ErrorCode, message: &str) -> Body {
     })
 }
 
-async fn send(app: &mut tokio::net::unix::OwnedWriteHalf, body: Body) -> Result<(), String> {
-    wire::write(app, body)
-        .await
-        .map_err(|e| format!("writing to the app: {e}"))
+/// Tells the app, while it is there. Once it has gone, the session lives on
+/// only to hand the backend what the relay accepted ([`Relay::linger`]).
+async fn send(
+    app: &mut Option<tokio::net::unix::OwnedWriteHalf>,
+    body: Body,
+) -> Result<(), String> {
+    let Some(writer) = app.as_mut() else {
+        return Ok(());
+    };
+    if let Err(e) = wire::write(writer, body).await {
+        tracing::info!("the app's connection closed: {e}");
+        *app = None;
+    }
+    Ok(())
 }
 
 struct Link {

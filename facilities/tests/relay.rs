@@ -244,6 +244,32 @@ fn notifies_wait_for_a_restarted_backend_and_arrive_once_in_order() {
     assert_eq!(all, want);
 }
 
+/// The relay accepted them, so they are delivered though the app that sent
+/// them has gone before the backend came up.
+#[test]
+fn accepted_notifies_outlive_the_app_that_sent_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (be_key, app) = (Keypair::generate(), Keypair::generate());
+    // A port nobody listens on yet.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let relay = RelayProcess::start(dir.path(), "app", &address, &[]);
+    let fac = Facilities::connect(&relay.socket, &app.private, &be_key.public).unwrap();
+    for i in 0..3 {
+        fac.notify(format!("left-{i}").as_bytes()).unwrap();
+    }
+    drop(fac);
+    let be = start_backend(&be_key, &[("app", &app)], &address);
+    wait_until("the notifies of the app that left", || {
+        texts(&be.seen).len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(texts(&be.seen), ["left-0", "left-1", "left-2"]);
+}
+
 #[test]
 fn limits_give_typed_errors_and_the_relay_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

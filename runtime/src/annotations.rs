@@ -210,7 +210,7 @@ pub fn parse_permissions(
     Ok(requested)
 }
 
-/// `cpu=1,memory=128Mi,pids=30`, each optional. A value looser than the
+/// `cpu=1,memory=128Mi,pids=30,storage=4Mi`, each optional. A value looser than the
 /// provider's maximum is an error; an unset one takes the provider default.
 pub fn parse_limits(value: Option<&str>, config: &ProviderConfig) -> Result<Limits, PolicyError> {
     let mut limits = config.limits.default;
@@ -222,7 +222,7 @@ pub fn parse_limits(value: Option<&str>, config: &ProviderConfig) -> Result<Limi
         PolicyError::annotation(
             LIMITS,
             problem,
-            "write it as cpu=<CPUs>,memory=<bytes or Ki/Mi/Gi>,pids=<count>, e.g. cpu=1,memory=128Mi,pids=30",
+            "write it as cpu=<CPUs>,memory=<bytes or Ki/Mi/Gi>,pids=<count>,storage=<bytes or Ki/Mi/Gi>, e.g. cpu=1,memory=128Mi,pids=30,storage=4Mi",
         )
     };
     let too_loose = |what: &str, asked: String, max: String| {
@@ -283,9 +283,16 @@ pub fn parse_limits(value: Option<&str>, config: &ProviderConfig) -> Result<Limi
                 }
                 limits.pids = pids;
             }
+            "storage" => {
+                let bytes = parse_bytes(v).map_err(|e| malformed(format!("storage {e}")))?;
+                if bytes > max.storage.bytes() {
+                    return Err(too_loose("storage", v.to_string(), max.storage.to_string()));
+                }
+                limits.storage = ByteSize(bytes);
+            }
             other => {
                 return Err(malformed(format!(
-                    "`{other}` is not a limit (known: cpu, memory, pids)"
+                    "`{other}` is not a limit (known: cpu, memory, pids, storage)"
                 )))
             }
         }
@@ -414,8 +421,13 @@ mod tests {
         assert_eq!(l.memory, ByteSize(1 << 20));
         assert_eq!(l.pids, 30);
         assert_eq!(l.cpu, 2.0);
+        assert_eq!(l.storage, ByteSize::mib(16));
+        assert_eq!(
+            parse_limits(Some("storage=4Mi"), &c).unwrap().storage,
+            ByteSize::mib(4)
+        );
         // Equal to the maximum is allowed.
-        parse_limits(Some("cpu=2,memory=300Mi,pids=30"), &c).unwrap();
+        parse_limits(Some("cpu=2,memory=300Mi,pids=30,storage=16Mi"), &c).unwrap();
     }
 
     #[test]
@@ -426,6 +438,7 @@ mod tests {
             ("memory=301Mi", "memory=301Mi is looser"),
             ("memory=1Gi", "memory=1Gi is looser"),
             ("pids=31", "pids=31 is looser"),
+            ("storage=17Mi", "storage=17Mi is looser"),
         ] {
             let e = err_of(parse_limits(Some(v), &c));
             assert!(e.contains(LIMITS) && e.contains(what), "{v}: {e}");
@@ -459,6 +472,7 @@ mod tests {
             "pids=0",
             "pids=-3",
             "pids=1.5",
+            "storage=4M",
             "disk=1Gi",
             "cpu=1,cpu=1",
             "cpu=1;pids=2",

@@ -21,7 +21,7 @@ pub use error::PolicyError;
 pub use furnace_config as config;
 pub use furnace_config::units;
 pub use furnace_config::{ConfigError, Limits, ProviderConfig, SeccompMode};
-pub use policy::{HostBinds, FAC_SOCKET, VMI_SOCKET};
+pub use policy::{HostBinds, KeyFiles, RelayFiles, FAC_SOCKET, VMI_SOCKET};
 
 use oci_spec::runtime::Spec;
 use std::collections::HashMap;
@@ -81,7 +81,12 @@ pub fn harden_as(
         Role::App | Role::Fac => Some(policy::user_namespace(&mut spec, config)?),
         Role::Sandbox => None,
     };
-    let limits = policy::resources(&mut spec, &request.limits, &mut notes);
+    // The relay's partition has the provider's limits for relays, not an app's.
+    let wanted = match role {
+        Role::Fac => config.facilities.relay.with_storage(request.limits.storage),
+        _ => request.limits,
+    };
+    let limits = policy::resources(&mut spec, &wanted, &mut notes);
     policy::masked_and_readonly_paths(&mut spec);
     policy::strip_host_reach(&mut spec, &mut notes);
     policy::mounts(&mut spec, role, config, binds, &mut notes)?;

@@ -5,6 +5,7 @@ use crate::exec::ExecProcess;
 use crate::process::ProcessState;
 use crate::record::TaskRecord;
 use crate::registration::{self, Registration};
+use crate::relay::{self, FacRelay, RelayParams, RelayRecord};
 pub use crate::rootfs::RootfsMount;
 use crate::{rootfs, stdio};
 use furnace_runtime::launcher::cgroups::PartitionCgroups;
@@ -54,6 +55,8 @@ pub struct Instance {
     partition: Partition,
     cgroups: PartitionCgroups,
     registration: Option<Registration>,
+    /// The facilities relay, for an app that names a backend.
+    relay: Option<FacRelay>,
     /// The init process.
     pub init: ProcessState,
     pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
@@ -66,12 +69,18 @@ pub struct Instance {
 struct Undo {
     record: TaskRecord,
     registration: Option<Registration>,
+    relay: Option<FacRelay>,
     armed: bool,
 }
 
 impl Drop for Undo {
     fn drop(&mut self) {
         if self.armed {
+            if let Some(relay) = self.relay.take() {
+                for problem in relay.stop() {
+                    log::warn!("cleaning up after a failed create: {problem}");
+                }
+            }
             for problem in teardown(&self.record, self.registration.as_ref()) {
                 log::warn!("cleaning up after a failed create: {problem}");
             }
@@ -93,13 +102,10 @@ impl Instance {
         let role = Role::from_annotations(&annotations);
         let request = furnace_runtime::annotations::parse(&annotations, p.config, role)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
-        if request.backend.is_some() {
-            // Refused rather than run without the relay the app asked for.
-            return Err(CreateError::Invalid(format!(
-                "{} is set, but this shim does not start the facilities relay yet (docs/facilities.md, \"Status\"); remove the furnace.dev/backend, backend-key and app-key annotations",
-                furnace_runtime::annotations::BACKEND
-            )));
-        }
+        let relay_record = (role == Role::App)
+            .then_some(request.backend.as_ref())
+            .flatten()
+            .map(|backend| (backend, RelayRecord::new(p.namespace, p.id, p.config)));
         let app_id = registration::app_id(p.namespace, p.id);
         let vmi_socket = request
             .guest
@@ -111,9 +117,18 @@ impl Instance {
             .then(launcher::init_path)
             .transpose()
             .map_err(CreateError::Failed)?;
+        let (fac, keys) = match &relay_record {
+            Some((backend, r)) => {
+                let (socket, keys) = r.app_binds(backend);
+                (Some(socket), Some(keys))
+            }
+            None => (None, None),
+        };
         let binds = HostBinds {
             vmi: vmi_socket,
-            fac: None,
+            fac,
+            keys,
+            relay: None,
             init: host_init
                 .as_ref()
                 .map(|_| rootfs::init_path(p.namespace, p.id)),
@@ -142,8 +157,36 @@ impl Instance {
                 ..Default::default()
             },
             registration: None,
+            relay: None,
             armed: true,
         };
+
+        let relay = match &relay_record {
+            Some((backend, record)) => {
+                let app_ids = app_ids(&hardened)?;
+                relay::check_app_key(&backend.app_key, app_ids)?;
+                undo.record.relay = Some(record.clone());
+                let relay = FacRelay::start(RelayParams {
+                    namespace: p.namespace,
+                    id: p.id,
+                    backend,
+                    storage_quota: hardened.limits.storage,
+                    app_ids,
+                    config: p.config,
+                })?;
+                undo.relay = Some(relay);
+                undo.relay.as_ref()
+            }
+            None => None,
+        };
+        if let Some(r) = relay {
+            log::info!(
+                "{}: facilities relay for {} started (pid {:?})",
+                p.id,
+                r.record().dirs.root.display(),
+                r.pid()
+            );
+        }
 
         let registration = register(&request, role, &app_id, &hardened, p.config)?;
         if let Some(r) = &registration {
@@ -193,6 +236,7 @@ impl Instance {
             .map_err(|e| CreateError::Failed(e.to_string()))?;
 
         undo.armed = false;
+        let relay = undo.relay.take();
         Ok(Instance {
             id: p.id.into(),
             bundle: p.bundle.into(),
@@ -205,6 +249,7 @@ impl Instance {
             record: std::mem::take(&mut undo.record),
             partition,
             registration,
+            relay,
             init: ProcessState::new(io.stdin),
             execs: Mutex::default(),
             lifecycle: Mutex::new(()),
@@ -222,7 +267,9 @@ impl Instance {
     /// Kills whatever still runs and removes every trace; returns problems.
     pub fn destroy(&self) -> Vec<String> {
         self.init.close_stdin();
-        teardown(&self.record, self.registration.as_ref())
+        let mut problems = self.relay.as_ref().map(FacRelay::stop).unwrap_or_default();
+        problems.extend(teardown(&self.record, self.registration.as_ref()));
+        problems
     }
 }
 
@@ -236,11 +283,7 @@ fn register(
     let (Role::App, Some(guest)) = (role, request.guest.as_deref()) else {
         return Ok(None);
     };
-    let (Some(uid), Some(gid)) = (hardened.host_uid, hardened.host_gid) else {
-        return Err(CreateError::Failed(
-            "an app partition must have a user namespace".into(),
-        ));
-    };
+    let (uid, gid) = app_ids(hardened)?;
     let registration = registration::register(
         &config.socket_root,
         guest,
@@ -262,9 +305,19 @@ fn register(
     Ok(Some(registration))
 }
 
+/// The host uid and gid the app runs as.
+fn app_ids(hardened: &furnace_runtime::Hardened) -> Result<(u32, u32), CreateError> {
+    match (hardened.host_uid, hardened.host_gid) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(CreateError::Failed(
+            "an app partition must have a user namespace".into(),
+        )),
+    }
+}
+
 /// Removes everything a task left on the host: processes, cgroups
-/// (with their empty parents), libcontainer state, the rootfs mount and the
-/// sidecar registration. Safe to repeat. Returns what could not be removed.
+/// (with their empty parents), libcontainer state, the facilities relay, the
+/// rootfs mount and the sidecar registration. Safe to repeat. Returns what could not be removed.
 pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec<String> {
     let mut problems = Vec::new();
     if !record.id.is_empty() {
@@ -279,6 +332,9 @@ pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec
         }
         cgroups.remove_empty_parents();
         let _ = std::fs::remove_dir(&record.state_root);
+    }
+    if let Some(relay) = &record.relay {
+        problems.extend(relay::teardown(relay));
     }
     if let Some(mounted) = &record.mounted_rootfs {
         if let Err(e) = rootfs::remove(mounted) {

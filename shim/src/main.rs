@@ -20,6 +20,7 @@ mod options;
 mod process;
 mod record;
 mod registration;
+mod relay;
 mod rootfs;
 mod shim;
 mod stdio;

@@ -23,6 +23,9 @@ pub struct TaskRecord {
     pub admin_socket: Option<PathBuf>,
     /// The limits in force at create: `Update` may tighten below them, never loosen.
     pub limits: Option<furnace_runtime::Limits>,
+    /// The facilities relay, for an app that names a backend.
+    #[serde(default)]
+    pub relay: Option<crate::relay::RelayRecord>,
 }
 
 impl TaskRecord {

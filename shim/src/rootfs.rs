@@ -143,7 +143,7 @@ fn make_dirs(dir: &Path, host_gid: Option<u32>) -> Result<(), CreateError> {
 }
 
 /// Binds the file `source` at `target`, creating `target` empty first.
-fn bind_file(source: &Path, target: &Path, what: &str) -> Result<(), CreateError> {
+pub(crate) fn bind_file(source: &Path, target: &Path, what: &str) -> Result<(), CreateError> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -192,7 +192,7 @@ pub fn remove(target: &Path) -> Result<(), String> {
     gone(std::fs::remove_dir(dir), dir)
 }
 
-fn unmount(path: &Path) -> Result<(), String> {
+pub(crate) fn unmount(path: &Path) -> Result<(), String> {
     match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(format!("unmounting {}: {e}", path.display())),

@@ -304,13 +304,14 @@ pub fn shim_dir() -> PathBuf {
 
 /// The `containerd-shim-furnace-v1` containerd will find first on its
 /// `PATH` ([`shim_dir`]), checked together with the `furnace-init` beside
-/// it that the shim runs every app under as PID 1; panics when either is
+/// it that the shim runs every app under as PID 1 and the relay it starts
+/// for an app with a backend; panics when one is
 /// missing or older than the sources it is built from, naming the script
 /// that builds them.
 pub fn require_furnace_shim() -> PathBuf {
     let build = "run `scripts/build-shim.sh` (`make build` does)";
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let staged: [(&str, &[&str]); 2] = [
+    let staged: [(&str, &[&str]); 3] = [
         (
             "containerd-shim-furnace-v1",
             &[
@@ -319,9 +320,14 @@ pub fn require_furnace_shim() -> PathBuf {
                 "runtime/seccomp",
                 "config/src",
                 "api/src",
+                "facilities/broker/src",
             ],
         ),
         ("furnace-init", &["init/src"]),
+        (
+            "furnace-fac-relay",
+            &["facilities/src", "facilities/broker/src", "api/src"],
+        ),
     ];
     for (name, sources) in staged {
         let binary = shim_dir().join(name);

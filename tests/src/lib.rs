@@ -23,6 +23,7 @@ mod host;
 pub use host::stdout_if_success;
 pub mod running;
 pub mod stack;
+pub mod tenant;
 pub mod walks;
 
 pub const GUEST_ROOT: &str = "/run/furnace/guests";

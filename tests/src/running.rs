@@ -1,5 +1,6 @@
 //! An app run in the foreground (`ctr run --rm`, no `-d`) whose output is
 //! read while it runs: ctr copies the task's stdio to its own, line by line.
+//! Any other process read the same way too (a tenant backend).
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub struct RunningApp {
     child: Child,
+    stdin: Option<std::process::ChildStdin>,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
     /// Every stdout line seen so far.
@@ -29,21 +31,44 @@ fn pump(stream: impl std::io::Read + Send + 'static) -> Receiver<String> {
 }
 
 impl RunningApp {
-    pub fn spawn(mut command: Command) -> Result<RunningApp> {
+    pub fn spawn(command: Command) -> Result<RunningApp> {
+        Self::spawn_with(command, false)
+    }
+
+    /// Like [`RunningApp::spawn`], with a pipe to its stdin for [`RunningApp::send_line`].
+    pub fn spawn_interactive(command: Command) -> Result<RunningApp> {
+        Self::spawn_with(command, true)
+    }
+
+    fn spawn_with(mut command: Command, interactive: bool) -> Result<RunningApp> {
+        if interactive {
+            command.stdin(Stdio::piped());
+        }
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting ctr run")?;
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        let stdin = child.stdin.take();
         let stdout = pump(child.stdout.take().context("stdout")?);
         let stderr = pump(child.stderr.take().context("stderr")?);
         Ok(RunningApp {
             child,
+            stdin,
             stdout,
             stderr,
             lines: Vec::new(),
             errors: Vec::new(),
         })
+    }
+
+    /// Writes one line to its stdin ([`RunningApp::spawn_interactive`] only).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("not started interactive")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
     }
 
     /// The pid of `ctr` itself (to signal it as a terminal's Ctrl-C would).
@@ -106,7 +131,7 @@ impl RunningApp {
     }
 
     /// Every stdout line not yet read, without waiting.
-    fn drain(&mut self) -> Vec<String> {
+    pub fn drain(&mut self) -> Vec<String> {
         self.lines.extend(self.stdout.try_iter());
         self.lines.clone()
     }

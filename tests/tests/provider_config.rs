@@ -56,6 +56,7 @@ fn the_documented_example_has_every_key_each_with_a_comment() {
         cpu: Some(2.0),
         memory: Some(full.limits.default.memory),
         pids: Some(30),
+        storage: Some(full.limits.default.storage),
     };
     let mut schema = BTreeSet::new();
     leaf_keys(&full.to_toml().parse().unwrap(), "", &mut schema);
@@ -97,6 +98,23 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
     assert_eq!(m.cpu, Some(4.0));
     assert_eq!(m.memory.map(|b| b.to_string()), Some("1Gi".into()));
     assert_eq!(m.pids, Some(100));
+    assert_eq!(d.storage.to_string(), "8Mi");
+    assert_eq!(m.storage.map(|b| b.to_string()), Some("12Mi".into()));
+    let f = &shim.facilities;
+    assert_eq!(
+        (
+            f.max_message_bytes.to_string(),
+            f.messages_per_second,
+            f.max_bytes_in_flight.to_string()
+        ),
+        ("8Mi".into(), 500, "32Mi".into())
+    );
+    assert_eq!(f.storage_root, Path::new("/srv/furnace-storage"));
+    assert_eq!(
+        (f.relay.cpu, f.relay.memory.to_string(), f.relay.pids),
+        (0.5, "128Mi".into(), 8)
+    );
+    assert_ne!(shim.facilities, default.facilities);
     assert_eq!(shim.permissions.grantable.len(), 5, "all five permissions");
     assert_eq!(shim.seccomp.mode, SeccompMode::Kill);
     let u = shim.user_namespace;
@@ -196,7 +214,7 @@ fn a_misspelt_key_is_refused_by_each_reader_naming_it_and_the_file() {
     let text = documented_example().replace("max_read_bytes =", "max_reed_bytes =");
     let path = write(dir.path(), &text);
     let expected = format!(
-        "{}: unknown key `sidecar.max_reed_bytes` at line 29 (expected one of `max_read_bytes`,",
+        "{}: unknown key `sidecar.max_reed_bytes` at line 31 (expected one of `max_read_bytes`,",
         path.display()
     );
     assert!(
@@ -204,7 +222,7 @@ fn a_misspelt_key_is_refused_by_each_reader_naming_it_and_the_file() {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/containerd.md")
         )
         .unwrap()
-        .contains("`sidecar.max_reed_bytes` at line 29"),
+        .contains("`sidecar.max_reed_bytes` at line 31"),
         "docs/containerd.md quotes this message"
     );
 

@@ -16,7 +16,7 @@ use crate::fac::v1::{self as fac_v1, frame::Body, storage_call, storage_result, 
 use crate::{ApiError, ErrorCode};
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,24 @@ struct Sender {
     upstream: Channel,
 }
 
+/// Where [`Facilities::connect_to`] finds the relay and the keys; `None`
+/// is the path the runtime mounts.
+#[derive(Clone, Debug, Default)]
+pub struct Endpoint {
+    pub socket: Option<PathBuf>,
+    pub app_key: Option<PathBuf>,
+    /// The backend's public key file (before `$FURNACE_BACKEND_KEY`).
+    pub backend_key: Option<PathBuf>,
+}
+
+impl Endpoint {
+    /// Whether the runtime gave this app a backend: it mounts the
+    /// facilities socket only when `furnace.dev/backend` is set.
+    pub fn runtime_has_backend() -> bool {
+        Path::new(super::DEFAULT_SOCKET).exists()
+    }
+}
+
 /// A session with the tenant backend through the app's facilities relay.
 pub struct Facilities {
     sender: Mutex<Sender>,
@@ -90,15 +108,27 @@ fn unavailable(context: impl std::fmt::Display) -> ApiError {
 impl Facilities {
     /// Connects with the paths the runtime sets up in an app partition.
     pub fn connect_default() -> Result<Facilities> {
-        let app_key = keys::read_private(Path::new(super::DEFAULT_APP_KEY)).map_err(|e| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("the app's key: {e}; is furnace.dev/app-key set?"),
-            )
-        })?;
-        let backend = match std::env::var(super::BACKEND_KEY_ENV) {
-            Ok(text) => text.parse::<PublicKey>(),
-            Err(_) => keys::read_public(Path::new(super::DEFAULT_BACKEND_KEY)),
+        Facilities::connect_to(&Endpoint::default())
+    }
+
+    /// Connects through `endpoint`: each path it leaves out is the
+    /// runtime's, and the backend's key is `$FURNACE_BACKEND_KEY` before the
+    /// runtime's file.
+    pub fn connect_to(endpoint: &Endpoint) -> Result<Facilities> {
+        let or = |path: &Option<PathBuf>, default: &str| {
+            path.clone().unwrap_or_else(|| PathBuf::from(default))
+        };
+        let app_key =
+            keys::read_private(&or(&endpoint.app_key, super::DEFAULT_APP_KEY)).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("the app's key: {e}; is furnace.dev/app-key set?"),
+                )
+            })?;
+        let backend = match (&endpoint.backend_key, std::env::var(super::BACKEND_KEY_ENV)) {
+            (Some(path), _) => keys::read_public(path),
+            (None, Ok(text)) => text.parse::<PublicKey>(),
+            (None, Err(_)) => keys::read_public(Path::new(super::DEFAULT_BACKEND_KEY)),
         }
         .map_err(|e| {
             ApiError::new(
@@ -106,7 +136,11 @@ impl Facilities {
                 format!("the backend's key: {e}; is furnace.dev/backend-key set?"),
             )
         })?;
-        Facilities::connect(Path::new(super::DEFAULT_SOCKET), &app_key, &backend)
+        Facilities::connect(
+            &or(&endpoint.socket, super::DEFAULT_SOCKET),
+            &app_key,
+            &backend,
+        )
     }
 
     /// Opens a session: sends the Hello and waits for the relay's status.

@@ -8,7 +8,7 @@ pub mod frame;
 pub mod keys;
 pub mod seal;
 
-pub use client::{Facilities, Message, MessageKind, Storage};
+pub use client::{Endpoint, Facilities, Message, MessageKind, Storage};
 pub use keys::{Keypair, PrivateKey, PublicKey};
 
 /// Where the runtime puts the app's facilities socket, its private key and

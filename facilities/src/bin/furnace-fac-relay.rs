@@ -2,19 +2,30 @@
 //! the app's socket and relays to the tenant backend.
 
 use clap::Parser;
+use furnace_fac::confinement;
 use furnace_fac::relay::{Limits, Relay};
 use furnace_fac::storage::Store;
+use furnace_fac_broker::BrokerClient;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a SIGTERM waits for sessions to hand the backend their outbox.
+const DRAIN: Duration = Duration::from_secs(5);
+
 #[derive(Parser)]
 #[command(name = "furnace-fac-relay", version, about)]
+#[command(group(clap::ArgGroup::new("app").required(true).args(["listen", "broker"])))]
 struct Args {
-    /// The app's facilities socket to create.
+    /// The app's facilities socket to create; the relay dials the backend itself.
     #[arg(long)]
-    listen: PathBuf,
-    /// host:port of the tenant backend.
+    listen: Option<PathBuf>,
+    /// The shim's broker socket, for a relay confined without network: it
+    /// hands over the app's listening socket and every backend connection
+    /// (furnace_fac_broker).
+    #[arg(long)]
+    broker: Option<PathBuf>,
+    /// host:port of the tenant backend (with --broker, the address the shim dials).
     #[arg(long)]
     backend: String,
     /// The app's storage directory; no storage without it.
@@ -52,8 +63,22 @@ fn run(args: Args) -> Result<(), String> {
         ))),
         None => None,
     };
+    let broker = args.broker.as_ref().map(BrokerClient::new);
+    // Taken before the runtime starts: the broker client blocks.
+    let listener = match (&broker, &args.listen) {
+        (Some(b), _) => b.listener().map_err(|e| e.to_string())?,
+        (None, Some(path)) => {
+            let _ = std::fs::remove_file(path);
+            std::os::unix::net::UnixListener::bind(path)
+                .map_err(|e| format!("binding {}: {e}", path.display()))?
+        }
+        (None, None) => unreachable!("clap requires --listen or --broker"),
+    };
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tracing::info!("confinement: {}", confinement::describe());
     let relay = Arc::new(Relay {
         backend: args.backend,
+        broker,
         limits: Limits {
             max_message_bytes: args.max_message_bytes,
             messages_per_second: args.messages_per_second,
@@ -67,14 +92,21 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let _ = std::fs::remove_file(&args.listen);
-        let listener = tokio::net::UnixListener::bind(&args.listen)
-            .map_err(|e| format!("binding {}: {e}", args.listen.display()))?;
-        tracing::info!(
-            "serving {} for the backend at {}",
-            args.listen.display(),
-            relay.backend
-        );
-        relay.serve(listener).await.map_err(|e| e.to_string())
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+        tracing::info!("serving the app for the backend at {}", relay.backend);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("watching for SIGTERM: {e}"))?;
+        tokio::select! {
+            served = relay.serve(listener) => served.map_err(|e| e.to_string()),
+            _ = term.recv() => {
+                // The app's task has ended: hand the backend what was
+                // accepted, for a while, then go.
+                let left = Relay::drain(DRAIN).await;
+                if left > 0 {
+                    tracing::warn!("stopping with {left} sessions whose notifies the backend has not taken");
+                }
+                Ok(())
+            }
+        }
     })
 }

@@ -9,8 +9,17 @@
 //! process starting or exiting between two reads is not mistaken for a
 //! hidden one.
 //!
-//! Exit status, as diff(1): 0 nothing hidden, 1 hidden processes found, 2 trouble.
+//! With a backend (the facilities socket `/run/furnace/fac.sock` exists, or
+//! `--facilities PATH`), the report also goes to the tenant's backend as
+//! one JSON notify ([`BackendMessage`]), after the report on stdout, and the
+//! app waits (`--flush-timeout`) until the backend has it. A failed scan is
+//! reported there too, with `error` instead of the findings.
+//!
+//! Exit status, as diff(1): 0 nothing hidden, 1 hidden processes found, 2
+//! trouble, including a report the backend did not take (the report on
+//! stdout is printed all the same).
 
+mod backend;
 mod views;
 mod xarray;
 
@@ -35,6 +44,8 @@ struct Args {
     /// A JSON report instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    backend: backend::BackendArgs,
 }
 
 /// How long the guest may stay paused for one look.
@@ -49,6 +60,40 @@ struct Report {
     /// Whether the guest was paused for the look (one round), or the looks repeated.
     paused: bool,
     rounds: u32,
+}
+
+/// What the backend gets: one notify per run, JSON.
+#[derive(Serialize)]
+struct BackendMessage<'a> {
+    /// Always `furnace-hidden-procs`, for a backend that hears several apps.
+    report: &'static str,
+    version: u32,
+    /// The two views compared, as `missing_from` names them.
+    views: [&'static str; 2],
+    /// How many findings: processes missing from one of the views.
+    hidden: usize,
+    /// The report, as `--json` prints it; absent when the scan failed.
+    #[serde(flatten)]
+    report_body: Option<&'a Report>,
+    /// Why the scan failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+fn backend_message(outcome: Result<&Report, &str>) -> Vec<u8> {
+    let (report_body, error) = match outcome {
+        Ok(report) => (Some(report), None),
+        Err(e) => (None, Some(e)),
+    };
+    let message = BackendMessage {
+        report: "furnace-hidden-procs",
+        version: 1,
+        views: ["task_list", "pid_idr"],
+        hidden: report_body.map_or(0, |r| r.look.findings.len()),
+        report_body,
+        error,
+    };
+    serde_json::to_vec(&message).expect("the report serializes")
 }
 
 #[derive(Serialize)]
@@ -147,27 +192,129 @@ fn text(report: &Report) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let report = match detect(&args) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("furnace-hidden-procs: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
+    let outcome = detect(&args);
+    let mut code = match &outcome {
+        Ok(report) => match print_report(report, args.json) {
+            Ok(()) if report.look.findings.is_empty() => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("furnace-hidden-procs: {e}");
-                return ExitCode::from(2);
+                ExitCode::from(2)
+            }
+        },
+        Err(e) => {
+            eprintln!("furnace-hidden-procs: {e}");
+            ExitCode::from(2)
+        }
+    };
+    if let Some(socket) = args.backend.socket() {
+        let message = backend_message(outcome.as_ref().map_err(String::as_str));
+        match args.backend.send(&socket, &message) {
+            Ok(()) => eprintln!(
+                "furnace-hidden-procs: reported to the backend through {}",
+                socket.display()
+            ),
+            Err(e) => {
+                eprintln!(
+                    "furnace-hidden-procs: the backend ({}): {e}",
+                    socket.display()
+                );
+                code = ExitCode::from(2);
             }
         }
-    } else {
-        print!("{}", text(&report));
     }
-    if report.look.findings.is_empty() {
-        ExitCode::SUCCESS
+    code
+}
+
+fn print_report(report: &Report, json: bool) -> Result<(), String> {
+    if json {
+        let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        println!("{json}");
     } else {
-        ExitCode::FAILURE
+        print!("{}", text(report));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use views::{MissingFrom, Seen};
+
+    fn report(findings: Vec<Finding>, paused: bool) -> Report {
+        Report {
+            look: Look {
+                task_list: 41,
+                pid_idr: 42,
+                findings,
+            },
+            paused,
+            rounds: if paused { 1 } else { 3 },
+        }
+    }
+
+    fn hidden_rootkit() -> Finding {
+        Finding {
+            process: Seen {
+                pid: 77,
+                name: "rootkit".into(),
+                task: 0xffff_8880_0123_4000,
+            },
+            missing_from: MissingFrom::TaskList,
+        }
+    }
+
+    #[test]
+    fn the_text_report_names_each_hidden_process_and_the_view_it_is_missing_from() {
+        let clean = text(&report(vec![], true));
+        assert_eq!(
+            clean,
+            "41 processes on the task list, 42 in the pid idr (guest paused for the look)\n\
+             no hidden processes\n"
+        );
+        let found = text(&report(vec![hidden_rootkit()], false));
+        assert_eq!(
+            found,
+            "41 processes on the task list, 42 in the pid idr (3 looks, guest running)\n\
+             HIDDEN pid 77 (rootkit) task 0xffff888001234000: missing from the task list\n"
+        );
+    }
+
+    #[test]
+    fn the_backend_gets_the_findings_and_the_views_compared_as_json() {
+        let r = report(vec![hidden_rootkit()], false);
+        let message: serde_json::Value = serde_json::from_slice(&backend_message(Ok(&r))).unwrap();
+        assert_eq!(
+            message,
+            serde_json::json!({
+                "report": "furnace-hidden-procs",
+                "version": 1,
+                "views": ["task_list", "pid_idr"],
+                "hidden": 1,
+                "task_list": 41,
+                "pid_idr": 42,
+                "paused": false,
+                "rounds": 3,
+                "findings": [{
+                    "pid": 77,
+                    "name": "rootkit",
+                    "task": 0xffff_8880_0123_4000_u64,
+                    "missing_from": "task_list",
+                }],
+            })
+        );
+        // What --json prints is the same report, less the envelope.
+        let printed: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string_pretty(&r).unwrap()).unwrap();
+        assert_eq!(printed["findings"], message["findings"]);
+    }
+
+    #[test]
+    fn a_failed_scan_reaches_the_backend_as_an_error_without_findings() {
+        let message: serde_json::Value =
+            serde_json::from_slice(&backend_message(Err("the pid idr: a short read"))).unwrap();
+        assert_eq!(message["error"], "the pid idr: a short read");
+        assert_eq!(message["hidden"], 0);
+        assert!(message.get("findings").is_none(), "{message}");
     }
 }

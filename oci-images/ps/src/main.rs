@@ -1,9 +1,14 @@
 //! `furnace-ps`: the guest's process list as the kernel's task list holds it,
-//! read through the app's VMI socket. Nothing runs inside the guest.
+//! read through the app's VMI socket. Nothing runs inside the guest. When
+//! the container names a backend (`furnace.dev/backend`), the same output
+//! also goes to it, sealed, through the facilities relay.
 
 use clap::Parser;
+use furnace_api::facilities::Endpoint;
+use furnace_api::Facilities;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Prints the guest's processes (PID, PPID, UID, NAME, task address, page-table root).
 #[derive(Parser)]
@@ -26,16 +31,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.json {
+    let output = if args.json {
         match serde_json::to_string_pretty(&processes) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => format!("{json}\n"),
             Err(e) => {
                 eprintln!("furnace-ps: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", furnace_api::table::processes(&processes));
+        furnace_api::table::processes(&processes)
+    };
+    print!("{output}");
+    if Endpoint::runtime_has_backend() {
+        if let Err(e) = to_backend(output.as_bytes()) {
+            eprintln!("furnace-ps: reporting to the backend: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// Sends the output and waits until the backend has it.
+fn to_backend(output: &[u8]) -> Result<(), furnace_api::ApiError> {
+    let fac = Facilities::connect_default()?;
+    fac.notify(output)?;
+    fac.flush(Duration::from_secs(30))
 }

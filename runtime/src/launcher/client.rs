@@ -37,6 +37,24 @@ pub fn init_path() -> Result<PathBuf, String> {
     Ok(init)
 }
 
+/// The facilities relay (`facilities/`), installed beside the shim, static:
+/// it runs on an empty root filesystem.
+pub const RELAY_BIN: &str = "furnace-fac-relay";
+
+/// The host's relay: [`RELAY_BIN`] in the current executable's directory,
+/// or an error naming the file that is missing.
+pub fn relay_path() -> Result<PathBuf, String> {
+    let relay = beside_this_executable(RELAY_BIN)
+        .map_err(|e| format!("finding {RELAY_BIN}: the shim's own path: {e}"))?;
+    if !relay.is_file() {
+        return Err(format!(
+            "{} is missing: an app that names furnace.dev/backend talks to it through this relay; install {RELAY_BIN} next to the shim (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
+            relay.display(),
+        ));
+    }
+    Ok(relay)
+}
+
 /// Runs the helper for `request`. `stdio` (Create only) becomes the
 /// container's stdin, stdout and stderr; `None` entries are `/dev/null`.
 pub(super) fn call(request: &Request, stdio: Option<Stdio>) -> Result<Reply, LaunchError> {

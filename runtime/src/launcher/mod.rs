@@ -17,7 +17,7 @@ mod join;
 pub mod mountpoints;
 pub mod protocol;
 
-pub use client::{helper_path, init_path, INIT_BIN};
+pub use client::{helper_path, init_path, relay_path, INIT_BIN, RELAY_BIN};
 use protocol::{Reply, Request, Target};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -16,8 +16,10 @@ use std::path::{Component, Path, PathBuf};
 
 mod init;
 mod mounts;
+mod relay;
 pub use init::{init_for_role, pid1_init, INIT_PATH};
 pub use mounts::mounts;
+pub use relay::{relay_args, relay_spec};
 
 /// Where the app finds its VMI socket.
 pub const VMI_SOCKET: &str = "/run/furnace/vmi.sock";
@@ -51,20 +53,59 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// Where the app finds its private key (the tenant's secret), read-only.
+pub const APP_KEY: &str = "/run/furnace/app.key";
+/// Where the app finds the backend's public key it pins.
+pub const BACKEND_KEY: &str = "/run/furnace/backend.pub";
+/// Where the relay partition finds the relay program.
+pub const RELAY_PROGRAM: &str = "/run/furnace/relay";
+/// Where the relay finds the shim's broker (`furnace_fac_broker`).
+pub const BROKER_SOCKET: &str = "/run/furnace/broker.sock";
+/// Where the relay finds the app's storage directory, the one writable bind.
+pub const STORAGE_DIR: &str = "/run/furnace/storage";
+
 /// Host paths to bind into the partition's `/run/furnace`: the sockets,
-/// both under the provider's `socket_root`, and the init.
+/// both under the provider's `socket_root`, the init, and for facilities
+/// the key files (app) or the relay's files (fac).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostBinds {
     /// The app's own VMI socket, `<root>/guests/<guest>/apps/<id>.sock`.
     /// Required for [`Role::App`], refused for the others.
     pub vmi: Option<PathBuf>,
-    /// The facilities relay's socket for this app, if a backend is named.
+    /// The app's facilities socket (its relay's listener), if a backend is
+    /// named. [`Role::App`] only.
     pub fac: Option<PathBuf>,
+    /// The tenant's key files for an app with `fac`, bound read-only at
+    /// [`APP_KEY`] and [`BACKEND_KEY`].
+    pub keys: Option<KeyFiles>,
+    /// What the relay partition runs on. Required for [`Role::Fac`],
+    /// refused for the others.
+    pub relay: Option<RelayFiles>,
     /// A host path of `furnace-init` (the shim binds it into the
     /// partition's own directory first, `shim/src/rootfs.rs`), run as PID 1 from [`INIT_PATH`]
     /// ([`pid1_init`]). Required for [`Role::App`] and [`Role::Fac`],
     /// refused for [`Role::Sandbox`].
     pub init: Option<PathBuf>,
+}
+
+/// The tenant's keys as host files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// The app's private key (`furnace.dev/app-key`).
+    pub app_key: PathBuf,
+    /// The backend's public key, as the shim wrote it from `furnace.dev/backend-key`.
+    pub backend_key: PathBuf,
+}
+
+/// The relay partition's host files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayFiles {
+    /// The static relay binary, bound read-only at [`RELAY_PROGRAM`].
+    pub program: PathBuf,
+    /// The shim's broker socket (under `socket_root`), at [`BROKER_SOCKET`].
+    pub broker: PathBuf,
+    /// The app's storage directory, bound read-write at [`STORAGE_DIR`].
+    pub storage: PathBuf,
 }
 
 // ---------------------------------------------------------------- root, process
@@ -168,11 +209,11 @@ fn ns(typ: LinuxNamespaceType) -> LinuxNamespace {
     n
 }
 
-/// App and fac: fresh pid, ipc, uts, mount, cgroup and user namespaces (any
-/// path to join, such as a CRI pod's, is dropped: an app shares nothing with
-/// its pod). The app also gets a fresh, empty network namespace (only `lo`);
-/// the fac keeps whatever network namespace the caller gave it, since it must
-/// reach the tenant backend.
+/// App and fac: fresh pid, ipc, uts, mount, cgroup, user and network
+/// namespaces (any path to join, such as a CRI pod's, is dropped: an app
+/// shares nothing with its pod). The network namespace is empty (only `lo`):
+/// the relay gets its one backend connection from the shim's broker
+/// (docs/facilities.md, "Its partition"), never dials.
 ///
 /// Sandbox: keeps the namespaces CRI set up (the pod's network namespace is a
 /// path made by CNI) and gets fresh ones for any of pid/ipc/uts/mount/net
@@ -187,23 +228,15 @@ pub fn namespaces(spec: &mut Spec, role: Role) {
         LinuxNamespaceType::Mount,
     ];
     let list = match role {
-        Role::App | Role::Fac => {
-            let mut list: Vec<_> = base
-                .into_iter()
-                .chain([LinuxNamespaceType::Cgroup, LinuxNamespaceType::User])
-                .map(ns)
-                .collect();
-            match role {
-                Role::App => list.push(ns(LinuxNamespaceType::Network)),
-                _ => list.extend(
-                    given
-                        .iter()
-                        .filter(|n| n.typ() == LinuxNamespaceType::Network)
-                        .cloned(),
-                ),
-            }
-            list
-        }
+        Role::App | Role::Fac => base
+            .into_iter()
+            .chain([
+                LinuxNamespaceType::Cgroup,
+                LinuxNamespaceType::User,
+                LinuxNamespaceType::Network,
+            ])
+            .map(ns)
+            .collect(),
         Role::Sandbox => {
             let mut list = given.clone();
             for typ in base.into_iter().chain([LinuxNamespaceType::Network]) {
@@ -373,6 +406,7 @@ pub fn resources(spec: &mut Spec, limits: &Limits, notes: &mut Vec<String>) -> L
         cpu: quota as f64 / period as f64,
         memory: ByteSize(memory as u64),
         pids: pids as u64,
+        storage: limits.storage,
     }
 }
 

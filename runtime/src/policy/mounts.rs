@@ -94,6 +94,135 @@ fn check_socket(
     Ok(())
 }
 
+/// Which binds `role` takes: an app its VMI socket (required), and with a
+/// backend its facilities socket and key files; the relay its own files
+/// (required) and nothing of the app's; a sandbox none.
+fn check_binds(role: Role, binds: &HostBinds, config: &ProviderConfig) -> Result<(), PolicyError> {
+    let refuse = |which: &'static str, problem: String, fix: &str| {
+        Err(PolicyError::Socket {
+            which,
+            problem,
+            fix: fix.into(),
+        })
+    };
+    match role {
+        Role::App if binds.vmi.is_none() => return refuse(
+            "vmi",
+            "an app needs its VMI socket but none was given".into(),
+            "register the app with the guest's sidecar first and pass the socket path it returns",
+        ),
+        Role::App if binds.relay.is_some() => {
+            return refuse(
+                "relay",
+                "an app must not get the relay's files".into(),
+                "pass the relay's files to the fac partition only",
+            )
+        }
+        Role::App if binds.keys.is_some() != binds.fac.is_some() => {
+            return refuse(
+                "fac",
+                "an app's facilities socket and its key files go together".into(),
+                "pass both, or neither",
+            )
+        }
+        Role::Fac | Role::Sandbox if binds.vmi.is_some() => {
+            return refuse(
+                "vmi",
+                format!("the {} role must not reach the VMI sidecar", role.name()),
+                "pass no VMI socket for this role",
+            )
+        }
+        Role::Fac | Role::Sandbox if binds.fac.is_some() || binds.keys.is_some() => {
+            return refuse(
+                "fac",
+                format!(
+                    "the {} role gets neither the app's facilities socket nor its keys",
+                    role.name()
+                ),
+                "pass those to the app partition only",
+            )
+        }
+        Role::Fac if binds.relay.is_none() => {
+            return refuse(
+                "relay",
+                "the fac role runs the relay, but no relay files were given".into(),
+                "pass the relay program, the broker socket and the storage directory",
+            )
+        }
+        Role::Sandbox if binds.relay.is_some() => {
+            return refuse(
+                "relay",
+                "the sandbox role gets no relay files".into(),
+                "pass none for a sandbox",
+            )
+        }
+        _ => {}
+    }
+    for (which, path) in [("vmi", &binds.vmi), ("fac", &binds.fac)] {
+        if let Some(p) = path {
+            check_socket(which, p, config)?;
+        }
+    }
+    if let Some(relay) = &binds.relay {
+        check_socket("broker", &relay.broker, config)?;
+        check_plain("relay", &relay.program)?;
+        check_plain("relay", &relay.storage)?;
+    }
+    if let Some(keys) = &binds.keys {
+        check_plain("keys", &keys.app_key)?;
+        check_plain("keys", &keys.backend_key)?;
+    }
+    Ok(())
+}
+
+fn check_plain(which: &'static str, path: &Path) -> Result<(), PolicyError> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        return Ok(());
+    }
+    Err(PolicyError::Socket {
+        which,
+        problem: format!("`{}` is not a plain absolute path", path.display()),
+        fix: "pass an absolute host path with no `.` or `..`".into(),
+    })
+}
+
+/// The binds into [`SOCKET_DIR`], each with the fewest rights it needs.
+fn bind_mounts(binds: &HostBinds) -> Vec<Mount> {
+    const READ_WRITE: &[&str] = &["bind", "nosuid", "nodev", "noexec"];
+    const READ_ONLY: &[&str] = &["bind", "ro", "nosuid", "nodev", "noexec"];
+    let mut list: Vec<(&Path, &str, &[&str])> = Vec::new();
+    if let Some(p) = &binds.vmi {
+        list.push((p, VMI_SOCKET, READ_WRITE));
+    }
+    if let Some(p) = &binds.fac {
+        list.push((p, FAC_SOCKET, READ_WRITE));
+    }
+    if let Some(k) = &binds.keys {
+        list.push((&k.app_key, APP_KEY, READ_ONLY));
+        list.push((&k.backend_key, BACKEND_KEY, READ_ONLY));
+    }
+    if let Some(r) = &binds.relay {
+        list.push((
+            &r.program,
+            RELAY_PROGRAM,
+            &["bind", "ro", "nosuid", "nodev"],
+        ));
+        list.push((&r.broker, BROKER_SOCKET, READ_WRITE));
+        list.push((&r.storage, STORAGE_DIR, READ_WRITE));
+    }
+    list.into_iter()
+        .map(|(source, dest, options)| {
+            let mut m = mount(dest, "bind", "", options);
+            m.set_source(Some(source.to_path_buf()));
+            m
+        })
+        .collect()
+}
+
 /// The mount table of a partition:
 /// - the standard pseudo-filesystems, rebuilt from scratch: `/proc`,
 ///   `/dev`, `/dev/pts`, a private `/dev/shm`, `/dev/mqueue`, `/sys`
@@ -113,37 +242,7 @@ pub fn mounts(
     binds: &HostBinds,
     notes: &mut Vec<String>,
 ) -> Result<(), PolicyError> {
-    match role {
-        Role::App if binds.vmi.is_none() => {
-            return Err(PolicyError::Socket {
-                which: "vmi",
-                problem: "an app needs its VMI socket but none was given".into(),
-                fix: "register the app with the guest's sidecar first and pass the socket path it returns".into(),
-            })
-        }
-        Role::Fac | Role::Sandbox if binds.vmi.is_some() => {
-            return Err(PolicyError::Socket {
-                which: "vmi",
-                problem: format!("the {} role must not reach the VMI sidecar", role.name()),
-                fix: "pass no VMI socket for this role".into(),
-            })
-        }
-        Role::Sandbox if binds.fac.is_some() => {
-            return Err(PolicyError::Socket {
-                which: "fac",
-                problem: "the sandbox role gets no sockets".into(),
-                fix: "pass no fac socket for a sandbox".into(),
-            })
-        }
-        _ => {}
-    }
-    if let Some(p) = &binds.vmi {
-        check_socket("vmi", p, config)?;
-    }
-    if let Some(p) = &binds.fac {
-        check_socket("fac", p, config)?;
-    }
-
+    check_binds(role, binds, config)?;
     let given = spec.mounts().clone().unwrap_or_default();
     let had_cgroup = given
         .iter()
@@ -263,15 +362,10 @@ pub fn mounts(
     }
     out.push(mount("/tmp", "tmpfs", "tmpfs", &tmp_opts));
 
-    if binds.vmi.is_some() || binds.fac.is_some() {
+    let binds = bind_mounts(binds);
+    if !binds.is_empty() {
         out.push(socket_dir());
-        for (path, dest) in [(&binds.vmi, VMI_SOCKET), (&binds.fac, FAC_SOCKET)] {
-            if let Some(p) = path {
-                let mut m = mount(dest, "bind", "", &["bind", "nosuid", "nodev", "noexec"]);
-                m.set_source(Some(p.clone()));
-                out.push(m);
-            }
-        }
+        out.extend(binds);
     }
     spec.set_mounts(Some(out));
     Ok(())

@@ -69,17 +69,13 @@ fn the_init_step_is_not_applied_twice() {
 }
 
 #[test]
-fn a_fac_relay_runs_under_the_init_even_without_a_socket() {
-    let sockets = HostBinds {
-        init: Some(HOST_INIT.into()),
-        ..HostBinds::default()
-    };
+fn a_fac_relay_runs_under_the_init() {
     let h = harden_as(
         Role::Fac,
         Spec::default(),
         &ann(&[]),
         &ProviderConfig::default(),
-        &sockets,
+        &relay_binds(),
     )
     .unwrap();
     assert_eq!(args(&h), [INIT_PATH, "--", "sh"]);

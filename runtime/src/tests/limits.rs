@@ -80,6 +80,7 @@ fn updates_tighten_but_never_loosen() {
         cpu: 1.0,
         memory: ByteSize::mib(128),
         pids: 20,
+        storage: ByteSize::mib(16),
     };
     let loosen: LinuxResources = serde_json::from_value(serde_json::json!({
         "memory": {"limit": 1_i64 << 40},

@@ -41,8 +41,21 @@ const HOST_INIT: &str = "/usr/local/bin/furnace-init";
 fn app_sockets() -> HostBinds {
     HostBinds {
         vmi: Some(PathBuf::from("/run/furnace/guests/g1/apps/app1.sock")),
-        fac: None,
         init: Some(PathBuf::from(HOST_INIT)),
+        ..HostBinds::default()
+    }
+}
+
+/// What the shim gives the relay's partition.
+fn relay_binds() -> HostBinds {
+    HostBinds {
+        relay: Some(crate::RelayFiles {
+            program: "/run/furnace/fac/ns/app1/relay/furnace-fac-relay".into(),
+            broker: "/run/furnace/fac/ns/app1/relay/broker.sock".into(),
+            storage: "/var/lib/furnace/storage/ns/app1".into(),
+        }),
+        init: Some(PathBuf::from(HOST_INIT)),
+        ..HostBinds::default()
     }
 }
 

@@ -89,7 +89,7 @@ fn an_app_ignores_pod_namespaces() {
 }
 
 #[test]
-fn fac_keeps_its_network_and_gets_no_vmi_socket() {
+fn fac_gets_an_empty_network_its_relay_files_and_nothing_of_the_apps() {
     let mut n = oci_spec::runtime::LinuxNamespace::default();
     n.set_typ(LinuxNamespaceType::Network);
     n.set_path(Some("/var/run/netns/fac".into()));
@@ -98,23 +98,38 @@ fn fac_keeps_its_network_and_gets_no_vmi_socket() {
         .as_mut()
         .unwrap()
         .set_namespaces(Some(vec![n.clone()]));
-    let sockets = HostBinds {
-        vmi: None,
-        fac: Some("/run/furnace/fac/app1.sock".into()),
-        init: Some(HOST_INIT.into()),
-    };
     let h = harden_as(
         Role::Fac,
         spec,
         &ann(&[]),
         &ProviderConfig::default(),
-        &sockets,
+        &relay_binds(),
     )
     .unwrap();
     let linux = h.spec.linux().as_ref().unwrap();
-    assert!(linux.namespaces().as_ref().unwrap().contains(&n));
-    assert_eq!(find(&h.spec, FAC_SOCKET).len(), 1);
-    let socket_families = linux
+    let namespaces = linux.namespaces().as_ref().unwrap();
+    assert!(
+        !namespaces.contains(&n),
+        "a given network namespace is dropped"
+    );
+    let net: Vec<_> = namespaces
+        .iter()
+        .filter(|n| n.typ() == LinuxNamespaceType::Network)
+        .collect();
+    assert_eq!(net.len(), 1);
+    assert!(net[0].path().is_none(), "a fresh, empty one");
+    for (dest, read_only) in [
+        (crate::policy::RELAY_PROGRAM, true),
+        (crate::policy::BROKER_SOCKET, false),
+        (crate::policy::STORAGE_DIR, false),
+    ] {
+        let m = find(&h.spec, dest);
+        assert_eq!(m.len(), 1, "{dest}");
+        let ro = m[0].options().iter().flatten().any(|o| o == "ro");
+        assert_eq!(ro, read_only, "{dest}");
+    }
+    assert!(find(&h.spec, FAC_SOCKET).is_empty());
+    let socket_rules: Vec<_> = linux
         .seccomp()
         .as_ref()
         .unwrap()
@@ -123,18 +138,108 @@ fn fac_keeps_its_network_and_gets_no_vmi_socket() {
         .unwrap()
         .iter()
         .filter(|r| r.names().contains(&"socket".to_string()))
-        .count();
-    assert_eq!(socket_families, 4);
-    let e = harden_as(
-        Role::Fac,
+        .collect();
+    assert_eq!(socket_rules.len(), 1, "AF_UNIX only, as for an app");
+    assert_eq!(socket_rules[0].args().as_ref().unwrap()[0].value(), 1);
+    // The relay's cgroups are the provider's relay limits.
+    let limits = ProviderConfig::default().facilities.relay;
+    assert_eq!(h.limits.memory, limits.memory);
+    assert_eq!(h.limits.pids, limits.pids);
+
+    for (binds, which) in [
+        (app_sockets(), "vmi"),
+        (
+            HostBinds {
+                fac: Some("/run/furnace/fac/ns/app1/fac.sock".into()),
+                ..relay_binds()
+            },
+            "fac",
+        ),
+        (
+            HostBinds {
+                relay: None,
+                ..relay_binds()
+            },
+            "relay",
+        ),
+    ] {
+        let e = harden_as(
+            Role::Fac,
+            Spec::default(),
+            &ann(&[]),
+            &ProviderConfig::default(),
+            &binds,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(which), "{which}: {e}");
+    }
+}
+
+#[test]
+fn an_app_with_a_backend_gets_its_socket_and_keys_read_only_and_no_relay_files() {
+    let keys = crate::KeyFiles {
+        app_key: "/etc/furnace/keys/alpha.key".into(),
+        backend_key: "/run/furnace/fac/ns/app1/backend.pub".into(),
+    };
+    let binds = HostBinds {
+        fac: Some("/run/furnace/fac/ns/app1/fac.sock".into()),
+        keys: Some(keys.clone()),
+        ..app_sockets()
+    };
+    let h = harden(
         Spec::default(),
-        &ann(&[]),
+        &ann(&[(GUEST, "g1")]),
         &ProviderConfig::default(),
-        &app_sockets(),
+        &binds,
     )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("vmi"), "{e}");
+    .unwrap();
+    assert_eq!(find(&h.spec, FAC_SOCKET).len(), 1);
+    for (dest, source) in [
+        (crate::policy::APP_KEY, &keys.app_key),
+        (crate::policy::BACKEND_KEY, &keys.backend_key),
+    ] {
+        let m = find(&h.spec, dest);
+        assert_eq!(m.len(), 1, "{dest}");
+        assert_eq!(m[0].source().as_ref(), Some(source));
+        assert!(m[0].options().iter().flatten().any(|o| o == "ro"), "{dest}");
+    }
+    for (bad, which) in [
+        (
+            HostBinds {
+                keys: None,
+                ..binds.clone()
+            },
+            "fac",
+        ),
+        (
+            HostBinds {
+                relay: relay_binds().relay,
+                ..binds.clone()
+            },
+            "relay",
+        ),
+        (
+            HostBinds {
+                keys: Some(crate::KeyFiles {
+                    app_key: "/etc/../etc/shadow".into(),
+                    ..keys.clone()
+                }),
+                ..binds.clone()
+            },
+            "keys",
+        ),
+    ] {
+        let e = harden(
+            Spec::default(),
+            &ann(&[(GUEST, "g1")]),
+            &ProviderConfig::default(),
+            &bad,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(which), "{which}: {e}");
+    }
 }
 
 #[test]

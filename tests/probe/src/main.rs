@@ -88,6 +88,11 @@
 //! `furnace vmi ps --json` prints them (`furnace_api::v1::Process`). Default
 //! socket: `/run/furnace/vmi.sock`. On error: the error on stderr, exit 1.
 //!
+//! # `furnace-probe fac STEP...`
+//!
+//! The app's facilities session, one JSON line per step (`fac.rs` lists
+//! the steps and the line's fields).
+//!
 //! # `furnace-probe hold`
 //!
 //! Prints `ready\n`, then sleeps until a signal ends it; on SIGTERM, SIGINT or
@@ -100,6 +105,7 @@
 
 mod cgroup;
 mod escape;
+mod fac;
 mod files;
 mod limits;
 mod policy;
@@ -269,6 +275,7 @@ fn main() {
             Err(problem) => usage(&problem),
         },
         "vmi-ps" => std::process::exit(vmi::ps(rest)),
+        "fac" => std::process::exit(fac::run(rest)),
         "hold" => hold(),
         "exit" => match rest {
             [code] => exit_with(code),

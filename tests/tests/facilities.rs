@@ -1,0 +1,746 @@
+//! Facilities under `io.furnace.v1`, real parts only: the real relay, started
+//! by the real shim under a real containerd in its `fac` partition, between
+//! the probe app and the real `furnace backend`, which runs in a network
+//! namespace of its own behind a veth pair (a remote tenant), with `tcpdump`
+//! on the host's end of the veth.
+//!
+//! Tenant one runs backend `be` allowing apps `alpha` and `beta`; tenant two
+//! runs backend `be2` allowing `gamma`. `delta` is allowed by no one.
+
+use furnace_tests::containerd::NAMESPACE;
+use furnace_tests::running::RunningApp;
+use furnace_tests::stack::{strs, FurnaceStack};
+use furnace_tests::tenant::{self, Capture, TenantNet, TestBackend};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+/// The app runs as its partition's root: this host uid (the provider default).
+const APP_UID: u32 = 100_000;
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Tenants {
+    stack: FurnaceStack,
+    net: TenantNet,
+    keys: tempfile::TempDir,
+    one: Mutex<TestBackend>,
+    two: Mutex<TestBackend>,
+}
+
+fn tenants() -> &'static Tenants {
+    static T: OnceLock<Tenants> = OnceLock::new();
+    T.get_or_init(|| {
+        let stack = FurnaceStack::start("facilities").expect("the Furnace stack starts");
+        let net = TenantNet::create("fac").expect("the tenant network is set up");
+        let keys = tempfile::tempdir().unwrap();
+        // Keys live where the partition's root can traverse to them.
+        std::fs::set_permissions(
+            keys.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        tenant::keygen(
+            keys.path(),
+            &["be", "alpha", "beta", "delta", "gamma", "be2"],
+            APP_UID,
+        )
+        .unwrap();
+        let one = TestBackend::start(&net, 7000, keys.path(), "be", &["alpha", "beta"]).unwrap();
+        let two = TestBackend::start(&net, 7001, keys.path(), "be2", &["gamma"]).unwrap();
+        Tenants {
+            stack,
+            net,
+            keys,
+            one: Mutex::new(one),
+            two: Mutex::new(two),
+        }
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tenants {
+    fn key(&self, name: &str) -> PathBuf {
+        self.keys.path().join(name)
+    }
+
+    /// The ctr flags for app `app` of the backend at `address` pinning `pin`.
+    fn flags(&self, app: &str, address: &str, pin: &str, limits: Option<&str>) -> Vec<String> {
+        let mut f = vec![
+            "--annotation".to_string(),
+            format!("furnace.dev/backend={address}"),
+            "--annotation".into(),
+            format!(
+                "furnace.dev/backend-key={}",
+                tenant::public_key(self.keys.path(), pin)
+            ),
+            "--annotation".into(),
+            format!("furnace.dev/app-key={}.key", self.key(app).display()),
+        ];
+        if let Some(l) = limits {
+            f.extend(["--annotation".into(), format!("furnace.dev/limits={l}")]);
+        }
+        f
+    }
+
+    fn address(&self, port: u16) -> String {
+        format!("{}:{port}", self.net.tenant_ip)
+    }
+
+    /// Runs the probe's facilities steps as app `app` of tenant one, to the end.
+    fn run(&self, id: &str, app: &str, steps: &[&str]) -> Vec<Value> {
+        self.run_with(id, self.flags(app, &self.address(7000), "be", None), steps)
+    }
+
+    fn run_with(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> Vec<Value> {
+        let mut args = vec!["/furnace-probe", "fac"];
+        args.extend_from_slice(steps);
+        let out = self.stack.run(id, &strs(&flags), &args);
+        assert!(
+            out.status.success(),
+            "ctr run {id}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    fn spawn(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> RunningApp {
+        let mut args = vec!["/furnace-probe", "fac"];
+        args.extend_from_slice(steps);
+        self.stack
+            .spawn_app(&self.stack.image, id, &strs(&flags), &args)
+            .expect("ctr run starts")
+    }
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The line of `step`.
+fn step<'a>(lines: &'a [Value], step: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["step"] == step)
+        .unwrap_or_else(|| panic!("no line for {step} in {lines:?}"))
+}
+
+fn ok(lines: &[Value], name: &str) -> Value {
+    let l = step(lines, name);
+    assert_eq!(l["ok"], true, "{name}: {l}");
+    l["value"].clone()
+}
+
+fn code(lines: &[Value], name: &str) -> String {
+    let l = step(lines, name);
+    assert_eq!(l["ok"], false, "{name} should fail: {l}");
+    l["code"].as_str().unwrap_or_default().to_string()
+}
+
+fn from(app: &str, kind: &str, data: &str) -> impl Fn(&Value) -> bool {
+    let (app, kind, data) = (app.to_string(), kind.to_string(), data.to_string());
+    move |v| v["app"] == app && v["type"] == kind && v["data"] == data
+}
+
+/// The relay's directory for task `id` (`shim/src/relay/files.rs`).
+fn relay_dir(id: &str) -> PathBuf {
+    Path::new("/run/furnace/fac").join(NAMESPACE).join(id)
+}
+
+fn storage_dir(id: &str) -> PathBuf {
+    Path::new("/var/lib/furnace/storage")
+        .join(NAMESPACE)
+        .join(id)
+}
+
+/// Pids in the relay's cgroup, from the pids hierarchy.
+fn relay_pids(id: &str) -> Vec<u32> {
+    let procs = Path::new("/sys/fs/cgroup/pids/furnace-fac")
+        .join(NAMESPACE)
+        .join(id)
+        .join("cgroup.procs");
+    std::fs::read_to_string(procs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+/// The relay process itself (not its init): the one that runs
+/// `/run/furnace/relay` (as its own mount namespace names it).
+fn relay_process(id: &str) -> Option<u32> {
+    relay_pids(id).into_iter().find(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe == Path::new("/run/furnace/relay"))
+    })
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn notify_request_and_storage_reach_the_backend_sealed_and_storage_persists() {
+    let t = tenants();
+    let capture = Capture::start(&t.net, &t.keys.path().join("sealed.pcap")).unwrap();
+    let id = "fac-basics";
+    let _ = std::fs::remove_dir_all(storage_dir(id));
+    let first = t.run(
+        id,
+        "alpha",
+        &[
+            "notify:MARKER-notify-7f3a",
+            "request:MARKER-request-c9d2",
+            "put:kept=MARKER-stored-51e0",
+            "put:gone=x",
+            "delete:gone",
+            "keys",
+            "get:kept",
+            "status",
+            "flush:10000",
+        ],
+    );
+    assert_eq!(
+        ok(&first, "request:MARKER-request-c9d2"),
+        "reply-to-MARKER-request-c9d2"
+    );
+    assert_eq!(ok(&first, "keys"), serde_json::json!(["kept"]));
+    assert_eq!(ok(&first, "get:kept"), "MARKER-stored-51e0");
+    let status = ok(&first, "status");
+    assert_eq!(status["max_message_bytes"], 16 << 20, "{status}");
+    assert_eq!(status["storage_quota_bytes"], 16 << 20, "{status}");
+    ok(&first, "flush:10000");
+    {
+        let mut one = lock(&t.one);
+        one.wait_message(WAIT, from("alpha", "notify", "MARKER-notify-7f3a"))
+            .unwrap();
+        one.wait_message(WAIT, from("alpha", "request", "MARKER-request-c9d2"))
+            .unwrap();
+    }
+    // A control: plaintext on this veth is seen by the capture.
+    {
+        use std::io::Write;
+        let mut plain = std::net::TcpStream::connect(t.address(7000)).unwrap();
+        plain.write_all(b"CONTROL-plaintext-0b1e").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pcap = capture.finish().unwrap();
+    assert!(
+        tenant::contains(&pcap, b"CONTROL-plaintext-0b1e"),
+        "the capture sees plaintext"
+    );
+    for marker in [
+        "MARKER-notify-7f3a",
+        "MARKER-request-c9d2",
+        "reply-to-MARKER",
+        "MARKER-stored-51e0",
+    ] {
+        assert!(
+            !tenant::contains(&pcap, marker.as_bytes()),
+            "{marker} crossed the veth in plaintext"
+        );
+    }
+
+    // The task is gone, its relay with it; its storage stays for the next run.
+    assert!(!relay_dir(id).exists(), "the relay's directory is removed");
+    assert!(relay_pids(id).is_empty());
+    let second = t.run(id, "alpha", &["get:kept", "keys"]);
+    assert_eq!(ok(&second, "get:kept"), "MARKER-stored-51e0");
+    assert_eq!(ok(&second, "keys"), serde_json::json!(["kept"]));
+}
+
+#[test]
+fn backend_messages_go_to_the_apps_they_name_and_broadcasts_stay_in_the_tenant() {
+    let t = tenants();
+    let steps = |app: &'static str| {
+        vec![
+            Box::leak(format!("notify:hello-{app}").into_boxed_str()) as &str,
+            "flush:10000",
+            "ready",
+            "receive:20000",
+            "receive:3000",
+        ]
+    };
+    let mut alpha = t.spawn(
+        "fac-alpha",
+        t.flags("alpha", &t.address(7000), "be", None),
+        &steps("alpha"),
+    );
+    let mut beta = t.spawn(
+        "fac-beta",
+        t.flags("beta", &t.address(7000), "be", None),
+        &steps("beta"),
+    );
+    let mut gamma = t.spawn(
+        "fac-gamma",
+        t.flags("gamma", &t.address(7001), "be2", None),
+        &steps("gamma"),
+    );
+    for app in [&mut alpha, &mut beta, &mut gamma] {
+        app.wait_line(WAIT, |l| l.contains("\"step\":\"ready\""))
+            .unwrap();
+    }
+    {
+        let mut one = lock(&t.one);
+        one.wait_message(WAIT, from("alpha", "notify", "hello-alpha"))
+            .unwrap();
+        one.wait_message(WAIT, from("beta", "notify", "hello-beta"))
+            .unwrap();
+        one.app.send_line("notify alpha DIRECTED-to-alpha").unwrap();
+        one.app.send_line("broadcast BROADCAST-tenant-one").unwrap();
+    }
+    lock(&t.two)
+        .wait_message(WAIT, from("gamma", "notify", "hello-gamma"))
+        .unwrap();
+    let received = |app: RunningApp| -> Vec<Value> {
+        let (status, out) = app.finish(WAIT).unwrap();
+        assert!(status.success(), "{status}");
+        let all = lines(&out.join("\n"));
+        all.iter()
+            .filter(|l| l["step"].as_str().is_some_and(|s| s.starts_with("receive")))
+            .map(|l| {
+                assert_eq!(l["ok"], true, "{l}");
+                l["value"].clone()
+            })
+            .collect()
+    };
+    let directed = serde_json::json!({"kind": "Directed", "data": "DIRECTED-to-alpha"});
+    let broadcast = serde_json::json!({"kind": "Broadcast", "data": "BROADCAST-tenant-one"});
+    let alpha = received(alpha);
+    assert!(
+        alpha.contains(&directed) && alpha.contains(&broadcast),
+        "{alpha:?}"
+    );
+    assert_eq!(
+        received(beta),
+        [broadcast, Value::Null],
+        "beta gets the broadcast only"
+    );
+    assert_eq!(
+        received(gamma),
+        [Value::Null, Value::Null],
+        "the other tenant gets nothing"
+    );
+    for id in ["fac-alpha", "fac-beta", "fac-gamma"] {
+        t.stack.remove(id);
+    }
+}
+
+#[test]
+fn wrong_and_unknown_keys_are_refused_at_the_handshake_and_nothing_is_delivered() {
+    let t = tenants();
+    let cases = [
+        // Pins tenant two's key while talking to tenant one's backend.
+        (
+            "fac-wrong-pin",
+            t.flags("alpha", &t.address(7000), "be2", None),
+            "REFUSED-pin",
+        ),
+        // An app key tenant one does not allow.
+        (
+            "fac-not-allowed",
+            t.flags("delta", &t.address(7000), "be", None),
+            "REFUSED-delta",
+        ),
+        // Tenant two's app at tenant one's backend.
+        (
+            "fac-other-tenant",
+            t.flags("gamma", &t.address(7000), "be", None),
+            "REFUSED-gamma",
+        ),
+    ];
+    for (id, flags, marker) in cases.clone() {
+        let notify = format!("notify:{marker}");
+        let lines = t.run_with(
+            id,
+            flags,
+            &[&notify, "flush:5000", "request:REFUSED-request"],
+        );
+        let failures: Vec<&Value> = lines.iter().filter(|l| l["ok"] == false).collect();
+        assert!(!failures.is_empty(), "{id}: {lines:?}");
+        for f in &failures {
+            let code = f["code"].as_str().unwrap_or_default();
+            assert!(
+                [
+                    "NOT_PERMITTED",
+                    "UNAUTHENTICATED",
+                    "PERMISSION_DENIED",
+                    "UNAVAILABLE",
+                    "DEADLINE_EXCEEDED"
+                ]
+                .contains(&code),
+                "{id}: a typed refusal, got {f}"
+            );
+        }
+    }
+    let mut one = lock(&t.one);
+    std::thread::sleep(Duration::from_secs(1));
+    let delivered = one.messages();
+    for (_, _, marker) in cases {
+        assert!(
+            !delivered.iter().any(|m| m["data"] == marker),
+            "{marker} was delivered: {delivered:?}"
+        );
+    }
+    one.app
+        .wait_stderr("refused a session", WAIT)
+        .expect("the backend logs the refusal");
+}
+
+#[test]
+fn the_backend_down_and_back_gets_every_accepted_notify_once_in_order() {
+    let t = tenants();
+    let mut one = lock(&t.one);
+    let mut app = t.spawn(
+        "fac-outage",
+        t.flags("alpha", &t.address(7000), "be", None),
+        &[
+            "notify:outage-0",
+            "flush:10000",
+            "ready",
+            "sleep:1500",
+            "request:outage-request",
+            "notify:outage-1",
+            "notify:outage-2",
+            "notify:outage-3",
+            "flush:60000",
+        ],
+    );
+    app.wait_line(WAIT, |l| l.contains("\"step\":\"ready\""))
+        .unwrap();
+    one.wait_message(WAIT, from("alpha", "notify", "outage-0"))
+        .unwrap();
+    one.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    one.restart().unwrap();
+    let (status, out) = app.finish(WAIT * 2).unwrap();
+    assert!(status.success(), "{status}");
+    let lines = lines(&out.join("\n"));
+    assert_eq!(code(&lines, "request:outage-request"), "UNAVAILABLE");
+    for n in 1..=3 {
+        ok(&lines, &format!("notify:outage-{n}"));
+    }
+    ok(&lines, "flush:60000");
+    one.wait_message(WAIT, from("alpha", "notify", "outage-3"))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let got: Vec<String> = one
+        .messages()
+        .iter()
+        .filter_map(|m| m["data"].as_str().map(String::from))
+        .filter(|d| d.starts_with("outage-"))
+        .collect();
+    assert_eq!(
+        got,
+        ["outage-1", "outage-2", "outage-3"],
+        "after the restart: once each, in order"
+    );
+}
+
+#[test]
+fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
+    let t = tenants();
+    let id = "fac-relay-kill";
+    let mut app = t.spawn(
+        id,
+        t.flags("beta", &t.address(7000), "be", None),
+        &[
+            "notify:before-kill",
+            "flush:10000",
+            "ready",
+            "sleep:4000",
+            "notify:while-dead",
+            "flush:3000",
+            "reconnect",
+            "notify:after-restart",
+            "flush:20000",
+        ],
+    );
+    app.wait_line(WAIT, |l| l.contains("\"step\":\"ready\""))
+        .unwrap();
+    let first = relay_process(id).expect("the relay runs");
+
+    // Its confinement, from the host and from its own log.
+    let status = std::fs::read_to_string(format!("/proc/{first}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            .unwrap()
+    };
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("Uid"), APP_UID.to_string());
+    let own_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{first}/ns/net")).unwrap(),
+        own_net
+    );
+    let links = std::process::Command::new("nsenter")
+        .args(["-t", &first.to_string(), "-n", "ip", "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    let log = std::fs::read_to_string(relay_dir(id).join("relay/relay.log")).unwrap();
+    assert!(
+        log.contains("confinement: CapEff=0000000000000000 NoNewPrivs=1 Seccomp=2 uid=0 socket(AF_INET)=EPERM"),
+        "{log}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("a new relay", || {
+        relay_process(id).is_some_and(|p| p != first)
+    });
+    let (status, out) = app.finish(WAIT).unwrap();
+    assert!(status.success(), "{status}");
+    let lines = lines(&out.join("\n"));
+    let dead = lines
+        .iter()
+        .filter(|l| ["notify:while-dead", "flush:3000"].contains(&l["step"].as_str().unwrap_or("")))
+        .find(|l| l["ok"] == false)
+        .unwrap_or_else(|| panic!("the dead relay is noticed: {lines:?}"));
+    assert_eq!(dead["code"], "UNAVAILABLE", "{dead}");
+    ok(&lines, "reconnect");
+    ok(&lines, "flush:20000");
+    lock(&t.one)
+        .wait_message(WAIT, from("beta", "notify", "after-restart"))
+        .unwrap();
+    assert!(!relay_dir(id).exists());
+}
+
+#[test]
+fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves_on() {
+    let t = tenants();
+    let id = "fac-limits";
+    let _ = std::fs::remove_dir_all(storage_dir(id));
+    let lines = t.run_with(
+        id,
+        t.flags("alpha", &t.address(7000), "be", Some("storage=4Ki")),
+        &[
+            "status",
+            "notify-bytes:16777217",
+            "garbage",
+            "flood:3000",
+            "put-bytes:big=3000",
+            "put-bytes:big=5000",
+            "get:big",
+            "sleep:1100",
+            "notify:still-serving",
+            "flush:20000",
+        ],
+    );
+    assert_eq!(ok(&lines, "status")["storage_quota_bytes"], 4096);
+    assert_eq!(code(&lines, "notify-bytes:16777217"), "LIMIT_EXCEEDED");
+    assert_eq!(
+        ok(&lines, "garbage"),
+        serde_json::json!({"failed": "INVALID_ARGUMENT"})
+    );
+    let flood = ok(&lines, "flood:3000");
+    assert!(flood["LIMIT_EXCEEDED"].as_u64().unwrap_or(0) > 0, "{flood}");
+    assert!(flood["ok"].as_u64().unwrap_or(0) > 0, "{flood}");
+    ok(&lines, "put-bytes:big=3000");
+    assert_eq!(code(&lines, "put-bytes:big=5000"), "LIMIT_EXCEEDED");
+    assert_eq!(
+        ok(&lines, "get:big").as_str().map(str::len),
+        Some(3000),
+        "the old value is kept"
+    );
+    ok(&lines, "flush:20000");
+    lock(&t.one)
+        .wait_message(WAIT, from("alpha", "notify", "still-serving"))
+        .unwrap();
+}
+
+#[test]
+fn an_unreadable_app_key_is_refused_at_create_naming_the_fix() {
+    let t = tenants();
+    let secret = t.keys.path().join("root-only.key");
+    std::fs::copy(t.key("alpha").with_extension("key"), &secret).unwrap();
+    std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
+    let mut flags = t.flags("alpha", &t.address(7000), "be", None);
+    let last = flags.len() - 1;
+    flags[last] = format!("furnace.dev/app-key={}", secret.display());
+    let out = t.stack.run(
+        "fac-unreadable",
+        &strs(&flags),
+        &["/furnace-probe", "fac", "keys"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("furnace.dev/app-key") && err.contains("chown 100000"),
+        "{err}"
+    );
+    assert!(!relay_dir("fac-unreadable").exists());
+    t.stack.remove("fac-unreadable");
+}
+
+/// A message's bytes as `furnace backend` printed them (`data`, or
+/// `data_base64` for bytes that are not UTF-8).
+fn data_bytes(m: &Value) -> Vec<u8> {
+    use base64::Engine;
+    match (m["data"].as_str(), m["data_base64"].as_str()) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        _ => panic!("a message without data: {m}"),
+    }
+}
+
+/// The example apps with a backend: hidden-procs sends its report, the same
+/// JSON it prints; memdump `--to-backend` streams a range of the stopped
+/// guest, which the backend's messages rebuild into exactly what QEMU's
+/// `pmemsave` writes for it.
+#[test]
+fn hidden_procs_and_memdump_report_to_the_backend() {
+    use furnace_vmi::driver::qemu::QemuGuest;
+    use furnace_vmi::driver::VmControl;
+    let t = tenants();
+    let hidden = t.stack.import("hidden-procs").unwrap();
+    let flags = t.flags("alpha", &t.address(7000), "be", None);
+    let out = t.stack.run_app(
+        &hidden,
+        "fac-hidden",
+        &strs(&flags),
+        &["/usr/bin/furnace-hidden-procs", "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let received = lock(&t.one)
+        .wait_message(WAIT, |m| {
+            m["app"] == "alpha"
+                && m["data"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("furnace-hidden-procs"))
+        })
+        .unwrap();
+    let report: Value = serde_json::from_str(received["data"].as_str().unwrap()).unwrap();
+    assert_eq!(report["hidden"], 0, "{report}");
+    assert_eq!(report["findings"], printed["findings"]);
+
+    let memdump = t.stack.import("memdump").unwrap();
+    let (start, size) = (0x100_0000u64 + 0x3000, 0x20_0000u64 + 0x123);
+    let qemu = QemuGuest::attach(&t.stack.guest.dir).unwrap();
+    let saved = t.stack.guest.dir.join("pmemsave-fac.bin");
+    qemu.pause().unwrap();
+    let (start_arg, size_arg) = (format!("{start:#x}"), size.to_string());
+    let out = t.stack.run_app(
+        &memdump,
+        "fac-memdump",
+        &strs(&flags),
+        &[
+            "/usr/bin/furnace-memdump",
+            "--to-backend",
+            "--dump-id",
+            "fac-test",
+            "--start",
+            &start_arg,
+            "--length",
+            &size_arg,
+        ],
+    );
+    let pmemsave = qemu.qmp_execute(
+        "pmemsave",
+        Some(serde_json::json!({"val": start, "size": size, "filename": saved.to_str().unwrap()})),
+    );
+    qemu.resume().unwrap();
+    pmemsave.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut one = lock(&t.one);
+    one.wait_message(WAIT, |m| {
+        m["app"] == "alpha"
+            && m["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("\"type\":\"end\"") && d.contains("fac-test"))
+    })
+    .unwrap();
+    let mut rebuilt = vec![0u8; size as usize];
+    let mut chunks = 0;
+    for m in one.messages().iter().filter(|m| m["app"] == "alpha") {
+        let bytes = data_bytes(m);
+        let Some(newline) = bytes.iter().position(|b| *b == b'\n') else {
+            continue;
+        };
+        let Ok(header) = serde_json::from_slice::<Value>(&bytes[..newline]) else {
+            continue;
+        };
+        if header["dump"] != "fac-test" || header["type"] != "chunk" {
+            continue;
+        }
+        let offset = header["offset"].as_u64().unwrap() as usize;
+        let body = &bytes[newline + 1..];
+        rebuilt[offset..offset + body.len()].copy_from_slice(body);
+        chunks += 1;
+    }
+    assert!(chunks >= 3, "{chunks} chunks");
+    let truth = std::fs::read(&saved).unwrap();
+    let _ = std::fs::remove_file(&saved);
+    assert!(
+        rebuilt == truth,
+        "the backend's copy of {start:#x}+{size:#x} differs from pmemsave"
+    );
+}
+
+/// The Python SDK in the Python image, under the app's seccomp list:
+/// notify, request and storage through the real relay.
+#[test]
+fn the_python_sdk_talks_to_the_backend_from_its_partition() {
+    let t = tenants();
+    let python = t.stack.import("python").unwrap();
+    let script = "from furnace_vmi.facilities import Facilities\n\
+                  f = Facilities.connect_default()\n\
+                  f.notify(b'PY-notify-3c1d')\n\
+                  print(f.request(b'PY-request', 5).decode())\n\
+                  f.storage.put('py', b'kept')\n\
+                  print(f.storage.get('py').decode())\n\
+                  f.flush(10)\n";
+    let flags = t.flags("beta", &t.address(7000), "be", None);
+    let out = t.stack.run_app(
+        &python,
+        "fac-python",
+        &strs(&flags),
+        &["/usr/bin/python3", "-c", script],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "reply-to-PY-request\nkept\n"
+    );
+    lock(&t.one)
+        .wait_message(WAIT, from("beta", "notify", "PY-notify-3c1d"))
+        .unwrap();
+}
