@@ -305,6 +305,20 @@ fn register(
     Ok(Some(registration))
 }
 
+/// Kills what still runs in partition `id` and removes its libcontainer
+/// state and its cgroups, with their empty parents.
+pub fn remove_partition(id: &str, state_root: &Path, cgroups_path: &Path) -> Option<String> {
+    let problem = Partition::new(id, state_root).delete().err();
+    let cgroups = PartitionCgroups::new(cgroups_path, id);
+    if !cgroups.is_removed() {
+        // Never started (or libcontainer failed): remove the leaf too.
+        cgroups.remove_leaf();
+    }
+    cgroups.remove_empty_parents();
+    let _ = std::fs::remove_dir(state_root);
+    problem.map(|e| e.to_string())
+}
+
 /// The host uid and gid the app runs as.
 fn app_ids(hardened: &furnace_runtime::Hardened) -> Result<(u32, u32), CreateError> {
     match (hardened.host_uid, hardened.host_gid) {
@@ -321,17 +335,11 @@ fn app_ids(hardened: &furnace_runtime::Hardened) -> Result<(u32, u32), CreateErr
 pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec<String> {
     let mut problems = Vec::new();
     if !record.id.is_empty() {
-        let partition = Partition::new(&record.id, &record.state_root);
-        if let Err(e) = partition.delete() {
-            problems.push(e.to_string());
-        }
-        let cgroups = PartitionCgroups::new(&record.cgroups_path, &record.id);
-        if !cgroups.is_removed() {
-            // Never started (or libcontainer failed): remove the leaf too.
-            cgroups.remove_leaf();
-        }
-        cgroups.remove_empty_parents();
-        let _ = std::fs::remove_dir(&record.state_root);
+        problems.extend(remove_partition(
+            &record.id,
+            &record.state_root,
+            &record.cgroups_path,
+        ));
     }
     if let Some(relay) = &record.relay {
         problems.extend(relay::teardown(relay));

@@ -4,123 +4,20 @@
 //! namespace of its own behind a veth pair (a remote tenant), with `tcpdump`
 //! on the host's end of the veth.
 //!
-//! Tenant one runs backend `be` allowing apps `alpha` and `beta`; tenant two
-//! runs backend `be2` allowing `gamma`. `delta` is allowed by no one.
+//! The tenants and their keys are `furnace_tests::tenant::Tenants`.
 
 use furnace_tests::containerd::NAMESPACE;
 use furnace_tests::running::RunningApp;
-use furnace_tests::stack::{strs, FurnaceStack};
-use furnace_tests::tenant::{self, Capture, TenantNet, TestBackend};
+use furnace_tests::stack::strs;
+use furnace_tests::tenant::{self, from, lines, lock, Capture, Tenants, APP_UID, WAIT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
-
-/// The app runs as its partition's root: this host uid (the provider default).
-const APP_UID: u32 = 100_000;
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Tenants {
-    stack: FurnaceStack,
-    net: TenantNet,
-    keys: tempfile::TempDir,
-    one: Mutex<TestBackend>,
-    two: Mutex<TestBackend>,
-}
 
 fn tenants() -> &'static Tenants {
     static T: OnceLock<Tenants> = OnceLock::new();
-    T.get_or_init(|| {
-        let stack = FurnaceStack::start("facilities").expect("the Furnace stack starts");
-        let net = TenantNet::create("fac").expect("the tenant network is set up");
-        let keys = tempfile::tempdir().unwrap();
-        // Keys live where the partition's root can traverse to them.
-        std::fs::set_permissions(
-            keys.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
-        tenant::keygen(
-            keys.path(),
-            &["be", "alpha", "beta", "delta", "gamma", "be2"],
-            APP_UID,
-        )
-        .unwrap();
-        let one = TestBackend::start(&net, 7000, keys.path(), "be", &["alpha", "beta"]).unwrap();
-        let two = TestBackend::start(&net, 7001, keys.path(), "be2", &["gamma"]).unwrap();
-        Tenants {
-            stack,
-            net,
-            keys,
-            one: Mutex::new(one),
-            two: Mutex::new(two),
-        }
-    })
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Tenants {
-    fn key(&self, name: &str) -> PathBuf {
-        self.keys.path().join(name)
-    }
-
-    /// The ctr flags for app `app` of the backend at `address` pinning `pin`.
-    fn flags(&self, app: &str, address: &str, pin: &str, limits: Option<&str>) -> Vec<String> {
-        let mut f = vec![
-            "--annotation".to_string(),
-            format!("furnace.dev/backend={address}"),
-            "--annotation".into(),
-            format!(
-                "furnace.dev/backend-key={}",
-                tenant::public_key(self.keys.path(), pin)
-            ),
-            "--annotation".into(),
-            format!("furnace.dev/app-key={}.key", self.key(app).display()),
-        ];
-        if let Some(l) = limits {
-            f.extend(["--annotation".into(), format!("furnace.dev/limits={l}")]);
-        }
-        f
-    }
-
-    fn address(&self, port: u16) -> String {
-        format!("{}:{port}", self.net.tenant_ip)
-    }
-
-    /// Runs the probe's facilities steps as app `app` of tenant one, to the end.
-    fn run(&self, id: &str, app: &str, steps: &[&str]) -> Vec<Value> {
-        self.run_with(id, self.flags(app, &self.address(7000), "be", None), steps)
-    }
-
-    fn run_with(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> Vec<Value> {
-        let mut args = vec!["/furnace-probe", "fac"];
-        args.extend_from_slice(steps);
-        let out = self.stack.run(id, &strs(&flags), &args);
-        assert!(
-            out.status.success(),
-            "ctr run {id}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lines(&String::from_utf8_lossy(&out.stdout))
-    }
-
-    fn spawn(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> RunningApp {
-        let mut args = vec!["/furnace-probe", "fac"];
-        args.extend_from_slice(steps);
-        self.stack
-            .spawn_app(&self.stack.image, id, &strs(&flags), &args)
-            .expect("ctr run starts")
-    }
-}
-
-fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    T.get_or_init(|| Tenants::start("fac"))
 }
 
 /// The line of `step`.
@@ -141,11 +38,6 @@ fn code(lines: &[Value], name: &str) -> String {
     let l = step(lines, name);
     assert_eq!(l["ok"], false, "{name} should fail: {l}");
     l["code"].as_str().unwrap_or_default().to_string()
-}
-
-fn from(app: &str, kind: &str, data: &str) -> impl Fn(&Value) -> bool {
-    let (app, kind, data) = (app.to_string(), kind.to_string(), data.to_string());
-    move |v| v["app"] == app && v["type"] == kind && v["data"] == data
 }
 
 /// The relay's directory for task `id` (`shim/src/relay/files.rs`).
@@ -593,154 +485,4 @@ fn an_unreadable_app_key_is_refused_at_create_naming_the_fix() {
     );
     assert!(!relay_dir("fac-unreadable").exists());
     t.stack.remove("fac-unreadable");
-}
-
-/// A message's bytes as `furnace backend` printed them (`data`, or
-/// `data_base64` for bytes that are not UTF-8).
-fn data_bytes(m: &Value) -> Vec<u8> {
-    use base64::Engine;
-    match (m["data"].as_str(), m["data_base64"].as_str()) {
-        (Some(text), _) => text.as_bytes().to_vec(),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("base64"),
-        _ => panic!("a message without data: {m}"),
-    }
-}
-
-/// The example apps with a backend: hidden-procs sends its report, the same
-/// JSON it prints; memdump `--to-backend` streams a range of the stopped
-/// guest, which the backend's messages rebuild into exactly what QEMU's
-/// `pmemsave` writes for it.
-#[test]
-fn hidden_procs_and_memdump_report_to_the_backend() {
-    use furnace_vmi::driver::qemu::QemuGuest;
-    use furnace_vmi::driver::VmControl;
-    let t = tenants();
-    let hidden = t.stack.import("hidden-procs").unwrap();
-    let flags = t.flags("alpha", &t.address(7000), "be", None);
-    let out = t.stack.run_app(
-        &hidden,
-        "fac-hidden",
-        &strs(&flags),
-        &["/usr/bin/furnace-hidden-procs", "--json"],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let received = lock(&t.one)
-        .wait_message(WAIT, |m| {
-            m["app"] == "alpha"
-                && m["data"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("furnace-hidden-procs"))
-        })
-        .unwrap();
-    let report: Value = serde_json::from_str(received["data"].as_str().unwrap()).unwrap();
-    assert_eq!(report["hidden"], 0, "{report}");
-    assert_eq!(report["findings"], printed["findings"]);
-
-    let memdump = t.stack.import("memdump").unwrap();
-    let (start, size) = (0x100_0000u64 + 0x3000, 0x20_0000u64 + 0x123);
-    let qemu = QemuGuest::attach(&t.stack.guest.dir).unwrap();
-    let saved = t.stack.guest.dir.join("pmemsave-fac.bin");
-    qemu.pause().unwrap();
-    let (start_arg, size_arg) = (format!("{start:#x}"), size.to_string());
-    let out = t.stack.run_app(
-        &memdump,
-        "fac-memdump",
-        &strs(&flags),
-        &[
-            "/usr/bin/furnace-memdump",
-            "--to-backend",
-            "--dump-id",
-            "fac-test",
-            "--start",
-            &start_arg,
-            "--length",
-            &size_arg,
-        ],
-    );
-    let pmemsave = qemu.qmp_execute(
-        "pmemsave",
-        Some(serde_json::json!({"val": start, "size": size, "filename": saved.to_str().unwrap()})),
-    );
-    qemu.resume().unwrap();
-    pmemsave.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut one = lock(&t.one);
-    one.wait_message(WAIT, |m| {
-        m["app"] == "alpha"
-            && m["data"]
-                .as_str()
-                .is_some_and(|d| d.contains("\"type\":\"end\"") && d.contains("fac-test"))
-    })
-    .unwrap();
-    let mut rebuilt = vec![0u8; size as usize];
-    let mut chunks = 0;
-    for m in one.messages().iter().filter(|m| m["app"] == "alpha") {
-        let bytes = data_bytes(m);
-        let Some(newline) = bytes.iter().position(|b| *b == b'\n') else {
-            continue;
-        };
-        let Ok(header) = serde_json::from_slice::<Value>(&bytes[..newline]) else {
-            continue;
-        };
-        if header["dump"] != "fac-test" || header["type"] != "chunk" {
-            continue;
-        }
-        let offset = header["offset"].as_u64().unwrap() as usize;
-        let body = &bytes[newline + 1..];
-        rebuilt[offset..offset + body.len()].copy_from_slice(body);
-        chunks += 1;
-    }
-    assert!(chunks >= 3, "{chunks} chunks");
-    let truth = std::fs::read(&saved).unwrap();
-    let _ = std::fs::remove_file(&saved);
-    assert!(
-        rebuilt == truth,
-        "the backend's copy of {start:#x}+{size:#x} differs from pmemsave"
-    );
-}
-
-/// The Python SDK in the Python image, under the app's seccomp list:
-/// notify, request and storage through the real relay.
-#[test]
-fn the_python_sdk_talks_to_the_backend_from_its_partition() {
-    let t = tenants();
-    let python = t.stack.import("python").unwrap();
-    let script = "from furnace_vmi.facilities import Facilities\n\
-                  f = Facilities.connect_default()\n\
-                  f.notify(b'PY-notify-3c1d')\n\
-                  print(f.request(b'PY-request', 5).decode())\n\
-                  f.storage.put('py', b'kept')\n\
-                  print(f.storage.get('py').decode())\n\
-                  f.flush(10)\n";
-    let flags = t.flags("beta", &t.address(7000), "be", None);
-    let out = t.stack.run_app(
-        &python,
-        "fac-python",
-        &strs(&flags),
-        &["/usr/bin/python3", "-c", script],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "reply-to-PY-request\nkept\n"
-    );
-    lock(&t.one)
-        .wait_message(WAIT, from("beta", "notify", "PY-notify-3c1d"))
-        .unwrap();
 }

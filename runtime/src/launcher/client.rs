@@ -26,15 +26,7 @@ pub const INIT_BIN: &str = "furnace-init";
 /// The host's init: [`INIT_BIN`] in the current executable's directory,
 /// or an error naming the file that is missing.
 pub fn init_path() -> Result<PathBuf, String> {
-    let init = beside_this_executable(INIT_BIN)
-        .map_err(|e| format!("finding {INIT_BIN}: the shim's own path: {e}"))?;
-    if !init.is_file() {
-        return Err(format!(
-            "{} is missing: apps run under it as PID 1; install {INIT_BIN} next to the shim (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
-            init.display(),
-        ));
-    }
-    Ok(init)
+    companion(INIT_BIN, "apps run under it as PID 1")
 }
 
 /// The facilities relay (`facilities/`), installed beside the shim, static:
@@ -44,15 +36,24 @@ pub const RELAY_BIN: &str = "furnace-fac-relay";
 /// The host's relay: [`RELAY_BIN`] in the current executable's directory,
 /// or an error naming the file that is missing.
 pub fn relay_path() -> Result<PathBuf, String> {
-    let relay = beside_this_executable(RELAY_BIN)
-        .map_err(|e| format!("finding {RELAY_BIN}: the shim's own path: {e}"))?;
-    if !relay.is_file() {
+    companion(
+        RELAY_BIN,
+        "an app that names furnace.dev/backend talks to its backend through it",
+    )
+}
+
+/// `name` beside the shim, or an error saying what it is `for` and how to
+/// install it.
+fn companion(name: &str, purpose: &str) -> Result<PathBuf, String> {
+    let path = beside_this_executable(name)
+        .map_err(|e| format!("finding {name}: the shim's own path: {e}"))?;
+    if !path.is_file() {
         return Err(format!(
-            "{} is missing: an app that names furnace.dev/backend talks to it through this relay; install {RELAY_BIN} next to the shim (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
-            relay.display(),
+            "{} is missing: {purpose}; install {name} next to the shim (`make install` does; scripts/build-shim.sh stages it in target/furnace-shim)",
+            path.display(),
         ));
     }
-    Ok(relay)
+    Ok(path)
 }
 
 /// Runs the helper for `request`. `stdio` (Create only) becomes the

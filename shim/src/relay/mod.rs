@@ -10,11 +10,10 @@
 
 mod files;
 
-use crate::instance::CreateError;
+use crate::instance::{remove_partition, CreateError};
 use crate::process::lock;
 pub use files::RelayDirs;
 use furnace_fac_broker::{BrokerServer, Provider, Request};
-use furnace_runtime::launcher::cgroups::PartitionCgroups;
 use furnace_runtime::launcher::{self, Partition, Stdio};
 use furnace_runtime::units::ByteSize;
 use furnace_runtime::{policy, Backend, HostBinds, ProviderConfig, RelayFiles, Role};
@@ -221,16 +220,10 @@ impl Drop for FacRelay {
 
 /// Removes a relay from its record: processes, cgroups, state and files.
 pub fn teardown(record: &RelayRecord) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Err(e) = Partition::new(&record.id, &record.state_root).delete() {
-        problems.push(e.to_string());
-    }
-    let cgroups = PartitionCgroups::new(&record.cgroups_path, &record.id);
-    if !cgroups.is_removed() {
-        cgroups.remove_leaf();
-    }
-    cgroups.remove_empty_parents();
-    let _ = std::fs::remove_dir(&record.state_root);
+    let mut problems: Vec<String> =
+        remove_partition(&record.id, &record.state_root, &record.cgroups_path)
+            .into_iter()
+            .collect();
     problems.extend(files::remove(&record.dirs));
     problems
 }
