@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     prost_build::Config::new()
+        // Refcounted: the relay keeps a message in its outbox and forwards
+        // it without copying, and decodes it out of the frame in place.
+        .bytes([".furnace.fac.v1.Sealed.ciphertext"])
         .type_attribute(
             ".furnace",
             "#[derive(serde::Serialize, serde::Deserialize)]",

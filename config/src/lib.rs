@@ -44,6 +44,7 @@ pub mod units;
 mod validate;
 
 pub use error::ConfigError;
+pub use ipnet::IpNet;
 pub use schema::{
     FacilitiesConfig, Limits, LimitsConfig, MaxLimits, PermissionsConfig, ProviderConfig,
     RelayLimits, SeccompConfig, SeccompMode, SidecarConfig, UserNamespaceConfig, CPU_PERIOD_US,

@@ -223,6 +223,11 @@ pub struct FacilitiesConfig {
     pub storage_root: PathBuf,
     /// The relay partition's cgroup limits.
     pub relay: RelayLimits,
+    /// Addresses the shim never dials for an app's backend, whatever
+    /// `furnace.dev/backend` names: the shim dials from the host's network,
+    /// so by default the host itself, link-local (cloud metadata services)
+    /// and the unroutable ones.
+    pub refused_backend_networks: Vec<ipnet::IpNet>,
 }
 
 /// cgroup limits of a relay's partition.
@@ -264,6 +269,20 @@ impl Default for FacilitiesConfig {
             max_bytes_in_flight: ByteSize::mib(64),
             storage_root: PathBuf::from("/var/lib/furnace/storage"),
             relay: RelayLimits::default(),
+            refused_backend_networks: [
+                "0.0.0.0/8",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "224.0.0.0/4",
+                "255.255.255.255/32",
+                "::/128",
+                "::1/128",
+                "fe80::/10",
+                "ff00::/8",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("a valid network"))
+            .collect(),
         }
     }
 }

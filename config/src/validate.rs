@@ -94,10 +94,10 @@ impl ProviderConfig {
 impl FacilitiesConfig {
     /// Checks the `[facilities]` table (keys named `facilities.*`).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_message_bytes.bytes() == 0 || self.max_message_bytes.bytes() > 1 << 30 {
+        if self.max_message_bytes.bytes() == 0 || self.max_message_bytes.bytes() > 64 << 20 {
             return Err(ConfigError::invalid(
                 "facilities.max_message_bytes",
-                format!("{} is not between 1 byte and 1Gi", self.max_message_bytes),
+                format!("{} is not between 1 byte and 64Mi", self.max_message_bytes),
                 "use a size such as \"16Mi\" (the default)",
             ));
         }

@@ -148,7 +148,7 @@ impl Backend {
                 seq,
                 kind: kind as i32,
                 request_id: 0,
-                ciphertext,
+                ciphertext: ciphertext.into(),
                 deadline_ms: 0,
             };
             if live.tx.send(Body::Sealed(sealed)).is_ok() {
@@ -274,7 +274,7 @@ impl Backend {
                     seq,
                     kind: Kind::Reply as i32,
                     request_id: sealed.seq,
-                    ciphertext,
+                    ciphertext: ciphertext.into(),
                     deadline_ms: 0,
                 }));
             }

@@ -2,7 +2,7 @@
 //! confines it (role `fac`), and a provider or a test reads this line to
 //! check that from the inside.
 
-/// `CapEff=0000000000000000 NoNewPrivs=1 Seccomp=2 uid=65534
+/// `CapEff=0000000000000000 NoNewPrivs=1 Seccomp=2 uid=0
 /// socket(AF_INET)=EPERM`: the relay's capabilities, seccomp mode and uid
 /// as the kernel reports them, and what happens when it tries to open an
 /// internet socket.

@@ -38,6 +38,10 @@ impl Default for Limits {
 
 /// Sessions whose app has left that may wait for the backend at once.
 pub const MAX_LINGERING: usize = 16;
+/// How long such a session waits for the backend to take its outbox.
+const LINGER_LIMIT: Duration = Duration::from_secs(600);
+/// How long a new connection may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
 
 static OPEN_SESSIONS: AtomicUsize = AtomicUsize::new(0);
@@ -104,9 +108,10 @@ impl Relay {
         }
     }
 
-    /// Waits until every session has ended, those whose app left included
-    /// (they end once the backend took their outbox), or `limit` passed.
-    /// Returns the sessions still open.
+    /// Waits until every session has ended, or `limit` passed, and returns
+    /// how many are left. Once the app has gone, a session ends at once
+    /// unless it holds notifies the backend has not taken (then when it
+    /// has), or it never sent its Hello (then after [`HELLO_TIMEOUT`]).
     pub async fn drain(limit: Duration) -> usize {
         let deadline = Instant::now() + limit;
         while OPEN_SESSIONS.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -144,7 +149,10 @@ impl Relay {
     async fn session(&self, stream: UnixStream) -> Result<(), String> {
         let (app_read, mut app) = stream.into_split();
         let mut from_app = wire::spawn_reader(app_read, self.frame_limit());
-        let hello = match from_app.recv().await {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, from_app.recv())
+            .await
+            .map_err(|_| format!("no Hello within {HELLO_TIMEOUT:?}"))?;
+        let hello = match first {
             Some(Ok(Body::Hello(h))) => h,
             Some(Ok(_)) | Some(Err(_)) => {
                 let _ = wire::write(
@@ -162,14 +170,28 @@ impl Relay {
         };
         let _ = wire::write(&mut app, self.status(false)).await;
         let mut app = Some(app);
-        let mut _lingering = None;
+        // Set once the app has gone (closed, or its socket broke).
+        let mut lingering: Option<(Lingering, Instant)> = None;
         let mut s = Session::new(&self.limits);
         let mut link: Option<Link> = None;
         let mut retry_at = Instant::now();
         let mut backoff = self.backoff.0;
         loop {
-            if app.is_none() && s.outbox.is_empty() {
-                return Ok(());
+            if app.is_none() {
+                if s.outbox.is_empty() {
+                    return Ok(());
+                }
+                match &lingering {
+                    None => {
+                        let slot = self.linger().ok_or_else(|| format!("the app left with {} notifies the backend has not taken, and {MAX_LINGERING} sessions already wait for the backend: dropped", s.outbox.len()))?;
+                        tracing::info!("the app left with {} notifies the backend has not taken; keeping them until it does", s.outbox.len());
+                        lingering = Some((slot, Instant::now() + LINGER_LIMIT));
+                    }
+                    Some((_, until)) if Instant::now() >= *until => {
+                        return Err(format!("the backend did not take the {} notifies of an app that left within {LINGER_LIMIT:?}: dropped", s.outbox.len()));
+                    }
+                    Some(_) => {}
+                }
             }
             if link.is_none() && Instant::now() >= retry_at {
                 match self.connect(&hello, &s).await {
@@ -196,16 +218,7 @@ impl Relay {
             );
             tokio::select! {
                 frame = from_app.recv(), if app.is_some() => match frame {
-                    None => {
-                        app = None;
-                        if !s.outbox.is_empty() {
-                            _lingering = self.linger();
-                            if _lingering.is_none() {
-                                return Err(format!("the app left with {} notifies the backend has not taken, and {MAX_LINGERING} sessions already wait for the backend: dropped", s.outbox.len()));
-                            }
-                            tracing::info!("the app left with {} notifies the backend has not taken; keeping them until it does", s.outbox.len());
-                        }
-                    }
+                    None => app = None,
                     Some(Err(e)) => {
                         let code = match e {
                             FrameError::TooLarge { .. } => ErrorCode::LimitExceeded,
@@ -265,10 +278,18 @@ impl Relay {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
-        let (read, mut write) = stream.into_split();
-        wire::write(&mut write, Body::Hello(hello.clone())).await?;
+        let (read, write) = stream.into_split();
+        // Unbounded, but what goes in is: the outbox by max_bytes_in_flight,
+        // requests by the rate limit.
+        let write = wire::spawn_writer(write);
+        let closed = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        write
+            .send(Body::Hello(hello.clone()))
+            .map_err(|_| closed())?;
         for sealed in &s.outbox {
-            wire::write(&mut write, Body::Sealed(sealed.clone())).await?;
+            write
+                .send(Body::Sealed(sealed.clone()))
+                .map_err(|_| closed())?;
         }
         let rx = wire::spawn_reader(read, sealed_len(64 << 20) + FRAME_OVERHEAD);
         Ok(Link { write, rx })
@@ -300,8 +321,8 @@ impl Relay {
                 }
                 let notify = sealed.kind == Kind::Notify as i32;
                 if let Some(l) = link.as_mut() {
-                    if let Err(e) = wire::write(&mut l.write, Body::Sealed(sealed.clone())).await {
-                        tracing::warn!("writing to the backend: {e}");
+                    if l.write.send(Body::Sealed(sealed.clone())).is_err() {
+                        tracing::warn!("the connection to the backend is closed");
                         *link = None;
                         if !notify {
                             s.requests.remove(&seq);
@@ -408,7 +429,7 @@ async fn send(
 }
 
 struct Link {
-    write: tokio::net::tcp::OwnedWriteHalf,
+    write: mpsc::UnboundedSender<Body>,
     rx: mpsc::Receiver<Result<Body, FrameError>>,
 }
 

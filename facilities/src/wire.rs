@@ -34,7 +34,7 @@ pub async fn read(
     };
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload).await?;
-    frame::decode(&payload).map(Some)
+    frame::decode(payload).map(Some)
 }
 
 /// Whether reading can go on after this error.
@@ -71,4 +71,23 @@ pub fn spawn_reader(
         }
     });
     rx
+}
+
+/// Writes frames from a channel until it closes or a write fails, so that a
+/// session hands a frame over and goes on (it answers the app's next
+/// message while this one is still on its way to the peer). A failed write
+/// ends the task; the peer's reader sees the broken stream.
+pub fn spawn_writer(
+    mut writer: impl AsyncWrite + Unpin + Send + 'static,
+) -> mpsc::UnboundedSender<Body> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(body) = rx.recv().await {
+            if let Err(e) = write(&mut writer, body).await {
+                tracing::warn!("writing a frame: {e}");
+                return;
+            }
+        }
+    });
+    tx
 }

@@ -26,9 +26,10 @@ pub enum PolicyError {
         fix: String,
     },
 
-    /// The caller passed socket paths the policy cannot mount.
-    #[error("socket mount `{which}`: {problem}; {fix}")]
-    Socket {
+    /// The caller passed host paths (sockets, key files, the relay's
+    /// files) the policy cannot bind for this role.
+    #[error("host bind `{which}`: {problem}; {fix}")]
+    Bind {
         which: &'static str,
         problem: String,
         fix: String,

@@ -161,19 +161,27 @@ impl Instance {
             armed: true,
         };
 
-        let relay = match &relay_record {
+        let relay = match relay_record {
             Some((backend, record)) => {
                 let app_ids = app_ids(&hardened)?;
                 relay::check_app_key(&backend.app_key, app_ids)?;
+                relay::claim(&record)?;
+                // Recorded as soon as it is claimed, so that a shim dying
+                // from here on leaves `delete` the relay to remove.
                 undo.record.relay = Some(record.clone());
-                let relay = FacRelay::start(RelayParams {
-                    namespace: p.namespace,
-                    id: p.id,
-                    backend,
-                    storage_quota: hardened.limits.storage,
-                    app_ids,
-                    config: p.config,
-                })?;
+                undo.record
+                    .save(p.bundle)
+                    .map_err(|e| CreateError::Failed(format!("writing the task record: {e}")))?;
+                let relay = FacRelay::start(
+                    record,
+                    RelayParams {
+                        id: p.id,
+                        backend,
+                        storage_quota: hardened.limits.storage,
+                        app_ids,
+                        config: p.config,
+                    },
+                )?;
                 undo.relay = Some(relay);
                 undo.relay.as_ref()
             }
@@ -262,6 +270,11 @@ impl Instance {
 
     pub fn cgroups(&self) -> &PartitionCgroups {
         &self.cgroups
+    }
+
+    /// Whether `pid` is (or lately was) the init of this task's relay.
+    pub fn relay_owns(&self, pid: u32) -> bool {
+        self.relay.as_ref().is_some_and(|r| r.owns(pid))
     }
 
     /// Kills whatever still runs and removes every trace; returns problems.

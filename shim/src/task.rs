@@ -98,6 +98,8 @@ impl TaskService {
                             drop(unclaimed);
                             publish_exit(&events, &task, exec.as_deref(), code)
                         }
+                        // A relay's init: its supervisor follows it by pidfd.
+                        None if lock(&tasks).values().any(|t| t.relay_owns(pid)) => {}
                         None => {
                             if unclaimed.len() >= MAX_UNCLAIMED_EXITS {
                                 unclaimed.clear();

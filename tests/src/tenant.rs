@@ -2,8 +2,9 @@
 //! joined to the host by a veth pair (a remote tenant network), the real
 //! `furnace backend` listening in it, and a `tcpdump` capture on the host's
 //! end of the veth. Everything is removed on drop, or at exit for fixtures
-//! kept in statics (an `atexit` hook); only processes started here are
-//! signalled, by pid.
+//! kept in statics (an `atexit` hook), with the apps' storage directories
+//! the tests made; only processes started here are signalled, by pid, and
+//! only while their command line still names this fixture's key directory.
 
 use crate::furnace_bin;
 use crate::running::RunningApp;
@@ -12,17 +13,28 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::MutexGuard;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
-/// What the `atexit` hook removes: backends still running, namespaces still there.
+/// What the `atexit` hook removes: backends still running, namespaces and
+/// directories still there.
 static LEFT: Mutex<Vec<Left>> = Mutex::new(Vec::new());
 static ATEXIT: Once = Once::new();
 
 enum Left {
-    Backend(u32),
-    Net { namespace: String, link: String },
+    /// A backend's pid and its `--key` path, which is in this fixture's own
+    /// key directory: a pid reused by anything else does not name it.
+    Backend {
+        pid: u32,
+        key: String,
+    },
+    Net {
+        namespace: String,
+        link: String,
+    },
+    Dir(PathBuf),
 }
 
 fn leave(item: Left) {
@@ -37,16 +49,45 @@ extern "C" fn remove_what_is_left() {
     let left = std::mem::take(&mut *LEFT.lock().unwrap_or_else(|p| p.into_inner()));
     for item in left.into_iter().rev() {
         match item {
-            Left::Backend(pid) => kill_backend(pid),
+            Left::Backend { pid, key } => kill_backend(pid, &key),
             Left::Net { namespace, link } => remove_net(&namespace, &link),
+            Left::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 }
 
-/// SIGKILL to `pid` if it still is a `furnace backend` (a pid may be reused).
-fn kill_backend(pid: u32) {
+/// Removes `dir` and everything in it when the process exits.
+pub fn remove_at_exit(dir: PathBuf) {
+    let left = LEFT.lock().unwrap_or_else(|p| p.into_inner());
+    if left.iter().any(|l| matches!(l, Left::Dir(d) if *d == dir)) {
+        return;
+    }
+    drop(left);
+    leave(Left::Dir(dir));
+}
+
+/// The storage directory of app `id` (docs/facilities.md, "Storage": the
+/// default `storage_root`, the tests' containerd namespace).
+pub fn storage_dir(id: &str) -> PathBuf {
+    Path::new("/var/lib/furnace/storage")
+        .join(crate::containerd::NAMESPACE)
+        .join(id)
+}
+
+/// Removes app `id`'s storage directory at exit: a test that runs an app
+/// with a backend calls this (the [`Tenants`] runners do it themselves).
+pub fn remove_storage_at_exit(id: &str) {
+    remove_at_exit(storage_dir(id));
+}
+
+/// SIGKILL to `pid` if it still is a `furnace backend` of this fixture: its
+/// command line names `key`, a path in this fixture's own key directory (a
+/// pid may be reused, by another test binary's backend too).
+fn kill_backend(pid: u32, key: &str) {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if contains(&cmdline, b"backend") {
+    if contains(&cmdline, b"backend") && contains(&cmdline, key.as_bytes()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -87,15 +128,22 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Numbers this process's tenant networks: the pid keeps the names of
+/// concurrent test binaries apart, this the networks of one binary.
+static NETS: AtomicU32 = AtomicU32::new(0);
+
 impl TenantNet {
     /// `label` keeps the names of concurrent test binaries apart.
     pub fn create(label: &str) -> Result<TenantNet> {
-        let tag = std::process::id() % 100_000;
+        let pid = std::process::id() % 100_000;
+        let n = NETS.fetch_add(1, Ordering::Relaxed) % 1000;
+        // At most 9 characters: link names ("fh" + tag) stay within 15.
+        let tag = format!("{pid}x{n}");
         let used =
             String::from_utf8_lossy(&Command::new("ip").args(["-o", "addr"]).output()?.stdout)
                 .into_owned();
         let subnet = (0..250u32)
-            .map(|i| (label.bytes().map(u32::from).sum::<u32>() + tag + i) % 250 + 1)
+            .map(|i| (label.bytes().map(u32::from).sum::<u32>() + pid + n + i) % 250 + 1)
             .find(|n| !used.contains(&format!("10.213.{n}.")))
             .context("no free 10.213.N.0/30 subnet")?;
         let net = TenantNet {
@@ -105,6 +153,7 @@ impl TenantNet {
             tenant_ip: format!("10.213.{subnet}.2"),
         };
         let peer = format!("ft{tag}");
+        debug_assert!(net.host_link.len() <= 15 && peer.len() <= 15);
         remove_net(&net.namespace, &net.host_link);
         leave(Left::Net {
             namespace: net.namespace.clone(),
@@ -241,7 +290,15 @@ impl TestBackend {
             .env("FURNACE_LOG", "info");
         // `ip netns exec` execs the program: this pid is the backend's.
         let app = RunningApp::spawn_interactive(c)?;
-        leave(Left::Backend(app.pid()));
+        let key = argv
+            .iter()
+            .skip_while(|a| *a != "--key")
+            .nth(1)
+            .context("a backend's argv has --key")?;
+        leave(Left::Backend {
+            pid: app.pid(),
+            key: key.clone(),
+        });
         Ok(app)
     }
 
@@ -279,6 +336,29 @@ impl TestBackend {
             serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| matches(&v))
         })?;
         Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Waits until at least `n` of its stderr lines contain `text`, and
+    /// returns how many do.
+    pub fn wait_stderr_count(&mut self, text: &str, n: usize, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.app.errors.iter().filter(|l| l.contains(text)).count();
+            if count >= n {
+                return Ok(count);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{count} of the backend's stderr lines say {text:?} within {timeout:?}, not {n}: {:?}",
+                    self.app.errors
+                );
+            }
+            // Moves what stderr holds into `errors`: it waits for a line no
+            // backend prints, so it always runs out its (short) timeout.
+            let _ = self
+                .app
+                .wait_stderr("\u{0}no such line\u{0}", Duration::from_millis(200));
+        }
     }
 
     /// Every message line so far, parsed.
@@ -399,13 +479,16 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Two tenants on one Furnace stack: tenant one's backend `be` allows apps
 /// `alpha` and `beta`, tenant two's `be2` allows `gamma`; `delta` is
 /// allowed by no one. Both backends listen in one tenant network, on ports
-/// 7000 and 7001.
+/// 7000 and 7001. A third backend, `outage` on port 7002 (key `be`, allowing
+/// `alpha`), is for the one test that stops and restarts its backend, so the
+/// tests that run beside it keep theirs.
 pub struct Tenants {
     pub stack: FurnaceStack,
     pub net: TenantNet,
     pub keys: tempfile::TempDir,
     pub one: Mutex<TestBackend>,
     pub two: Mutex<TestBackend>,
+    pub outage: Mutex<TestBackend>,
 }
 
 impl Tenants {
@@ -415,6 +498,9 @@ impl Tenants {
         let stack = FurnaceStack::start(label).expect("the Furnace stack starts");
         let net = TenantNet::create(label).expect("the tenant network is set up");
         let keys = tempfile::tempdir().unwrap();
+        // Kept in a static, the TempDir is never dropped; registered before
+        // the backends, it is removed after they are killed.
+        remove_at_exit(keys.path().to_path_buf());
         // Keys live where the partition's root can traverse to them.
         std::fs::set_permissions(
             keys.path(),
@@ -429,12 +515,14 @@ impl Tenants {
         .unwrap();
         let one = TestBackend::start(&net, 7000, keys.path(), "be", &["alpha", "beta"]).unwrap();
         let two = TestBackend::start(&net, 7001, keys.path(), "be2", &["gamma"]).unwrap();
+        let outage = TestBackend::start(&net, 7002, keys.path(), "be", &["alpha"]).unwrap();
         Tenants {
             stack,
             net,
             keys,
             one: Mutex::new(one),
             two: Mutex::new(two),
+            outage: Mutex::new(outage),
         }
     }
 
@@ -471,6 +559,7 @@ impl Tenants {
     }
 
     pub fn run_with(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> Vec<Value> {
+        remove_storage_at_exit(id);
         let mut args = vec!["/furnace-probe", "fac"];
         args.extend_from_slice(steps);
         let out = self.stack.run(id, &strs(&flags), &args);
@@ -484,6 +573,7 @@ impl Tenants {
     }
 
     pub fn spawn(&self, id: &str, flags: Vec<String>, steps: &[&str]) -> RunningApp {
+        remove_storage_at_exit(id);
         let mut args = vec!["/furnace-probe", "fac"];
         args.extend_from_slice(steps);
         self.stack

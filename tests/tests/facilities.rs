@@ -9,7 +9,9 @@
 use furnace_tests::containerd::NAMESPACE;
 use furnace_tests::running::RunningApp;
 use furnace_tests::stack::strs;
-use furnace_tests::tenant::{self, from, lines, lock, Capture, Tenants, APP_UID, WAIT};
+use furnace_tests::tenant::{
+    self, from, lines, lock, storage_dir, Capture, Tenants, APP_UID, WAIT,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -45,19 +47,16 @@ fn relay_dir(id: &str) -> PathBuf {
     Path::new("/run/furnace/fac").join(NAMESPACE).join(id)
 }
 
-fn storage_dir(id: &str) -> PathBuf {
-    Path::new("/var/lib/furnace/storage")
+/// The relay's cgroup in the pids hierarchy (`shim/src/relay/mod.rs`).
+fn relay_cgroup(id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup/pids/furnace-fac")
         .join(NAMESPACE)
         .join(id)
 }
 
 /// Pids in the relay's cgroup, from the pids hierarchy.
 fn relay_pids(id: &str) -> Vec<u32> {
-    let procs = Path::new("/sys/fs/cgroup/pids/furnace-fac")
-        .join(NAMESPACE)
-        .join(id)
-        .join("cgroup.procs");
-    std::fs::read_to_string(procs)
+    std::fs::read_to_string(relay_cgroup(id).join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.parse().ok())
@@ -71,6 +70,42 @@ fn relay_process(id: &str) -> Option<u32> {
         std::fs::read_link(format!("/proc/{pid}/exe"))
             .is_ok_and(|exe| exe == Path::new("/run/furnace/relay"))
     })
+}
+
+/// Every process on the host that runs `/run/furnace/relay` (as its own
+/// mount namespace names it) in a cgroup of task `id`'s relay, in any
+/// hierarchy, found by a scan of `/proc` rather than by the cgroup's path.
+fn relay_processes_anywhere(id: &str) -> Vec<(u32, String)> {
+    let mine = format!("/furnace-fac/{NAMESPACE}/{id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        panic!("reading /proc");
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let named = cgroup.lines().any(|l| {
+                l.splitn(3, ':')
+                    .nth(2)
+                    .is_some_and(|path| path == mine || path.starts_with(&format!("{mine}/")))
+            });
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            (named && exe == Path::new("/run/furnace/relay")).then_some((pid, cgroup))
+        })
+        .collect()
+}
+
+/// The relay of task `id` is gone: its cgroup is removed, and no process on
+/// the host runs the relay in it (the second would catch a wrong path in
+/// the first; the killed-relay test shows the path while a relay runs).
+fn assert_relay_gone(id: &str) {
+    assert!(
+        !relay_cgroup(id).exists(),
+        "the relay's cgroup {} is removed",
+        relay_cgroup(id).display()
+    );
+    let left = relay_processes_anywhere(id);
+    assert!(left.is_empty(), "relays of {id} still run: {left:?}");
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -148,7 +183,7 @@ fn notify_request_and_storage_reach_the_backend_sealed_and_storage_persists() {
 
     // The task is gone, its relay with it; its storage stays for the next run.
     assert!(!relay_dir(id).exists(), "the relay's directory is removed");
-    assert!(relay_pids(id).is_empty());
+    assert_relay_gone(id);
     let second = t.run(id, "alpha", &["get:kept", "keys"]);
     assert_eq!(ok(&second, "get:kept"), "MARKER-stored-51e0");
     assert_eq!(ok(&second, "keys"), serde_json::json!(["kept"]));
@@ -157,33 +192,44 @@ fn notify_request_and_storage_reach_the_backend_sealed_and_storage_persists() {
 #[test]
 fn backend_messages_go_to_the_apps_they_name_and_broadcasts_stay_in_the_tenant() {
     let t = tenants();
-    let steps = |app: &'static str| {
-        vec![
+    // Each app waits for as many messages as it should get, then 3 s more
+    // for one it should not.
+    let steps = |app: &'static str, expected: usize| {
+        let mut s = vec![
             Box::leak(format!("notify:hello-{app}").into_boxed_str()) as &str,
             "flush:10000",
             "ready",
-            "receive:20000",
-            "receive:3000",
-        ]
+        ];
+        s.extend(std::iter::repeat_n("receive:20000", expected));
+        s.push("receive:3000");
+        s
     };
     let mut alpha = t.spawn(
         "fac-alpha",
         t.flags("alpha", &t.address(7000), "be", None),
-        &steps("alpha"),
+        &steps("alpha", 2),
     );
     let mut beta = t.spawn(
         "fac-beta",
         t.flags("beta", &t.address(7000), "be", None),
-        &steps("beta"),
+        &steps("beta", 1),
     );
     let mut gamma = t.spawn(
         "fac-gamma",
         t.flags("gamma", &t.address(7001), "be2", None),
-        &steps("gamma"),
+        &steps("gamma", 1),
     );
     for app in [&mut alpha, &mut beta, &mut gamma] {
         app.wait_line(WAIT, |l| l.contains("\"step\":\"ready\""))
             .unwrap();
+    }
+    // Both tenants send: tenant two's broadcast first, so it has had all
+    // the time tenant one's messages take to reach tenant one's apps.
+    {
+        let mut two = lock(&t.two);
+        two.wait_message(WAIT, from("gamma", "notify", "hello-gamma"))
+            .unwrap();
+        two.app.send_line("broadcast BROADCAST-tenant-two").unwrap();
     }
     {
         let mut one = lock(&t.one);
@@ -194,9 +240,6 @@ fn backend_messages_go_to_the_apps_they_name_and_broadcasts_stay_in_the_tenant()
         one.app.send_line("notify alpha DIRECTED-to-alpha").unwrap();
         one.app.send_line("broadcast BROADCAST-tenant-one").unwrap();
     }
-    lock(&t.two)
-        .wait_message(WAIT, from("gamma", "notify", "hello-gamma"))
-        .unwrap();
     let received = |app: RunningApp| -> Vec<Value> {
         let (status, out) = app.finish(WAIT).unwrap();
         assert!(status.success(), "{status}");
@@ -211,20 +254,24 @@ fn backend_messages_go_to_the_apps_they_name_and_broadcasts_stay_in_the_tenant()
     };
     let directed = serde_json::json!({"kind": "Directed", "data": "DIRECTED-to-alpha"});
     let broadcast = serde_json::json!({"kind": "Broadcast", "data": "BROADCAST-tenant-one"});
+    let broadcast_two = serde_json::json!({"kind": "Broadcast", "data": "BROADCAST-tenant-two"});
     let alpha = received(alpha);
     assert!(
-        alpha.contains(&directed) && alpha.contains(&broadcast),
-        "{alpha:?}"
+        alpha.len() == 3
+            && alpha[..2].contains(&directed)
+            && alpha[..2].contains(&broadcast)
+            && alpha[2].is_null(),
+        "alpha gets its own message and its tenant's broadcast, nothing of tenant two's: {alpha:?}"
     );
     assert_eq!(
         received(beta),
         [broadcast, Value::Null],
-        "beta gets the broadcast only"
+        "beta gets its tenant's broadcast only"
     );
     assert_eq!(
         received(gamma),
-        [Value::Null, Value::Null],
-        "the other tenant gets nothing"
+        [broadcast_two, Value::Null],
+        "gamma gets its tenant's broadcast only"
     );
     for id in ["fac-alpha", "fac-beta", "fac-gamma"] {
         t.stack.remove(id);
@@ -261,25 +308,36 @@ fn wrong_and_unknown_keys_are_refused_at_the_handshake_and_nothing_is_delivered(
             flags,
             &[&notify, "flush:5000", "request:REFUSED-request"],
         );
-        let failures: Vec<&Value> = lines.iter().filter(|l| l["ok"] == false).collect();
-        assert!(!failures.is_empty(), "{id}: {lines:?}");
-        for f in &failures {
-            let code = f["code"].as_str().unwrap_or_default();
-            assert!(
-                [
-                    "NOT_PERMITTED",
-                    "UNAUTHENTICATED",
-                    "PERMISSION_DENIED",
-                    "UNAVAILABLE",
-                    "DEADLINE_EXCEEDED"
-                ]
-                .contains(&code),
-                "{id}: a typed refusal, got {f}"
-            );
+        // The relay takes the notify into its outbox while it opens the
+        // session; the backend's Refused reaches the SDK as NOT_PERMITTED
+        // (api/src/facilities/client.rs, `take`) and ends the session. The
+        // flush, which waits for the backend to take that notify, gets it.
+        // Only if the Refused was there first does the notify itself fail
+        // with it (the SDK refuses to send on a refused session), leaving
+        // the flush nothing to wait for. A backend never reached would give
+        // DEADLINE_EXCEEDED for the flush and UNAVAILABLE for the request.
+        let (n, f) = (step(&lines, &notify), step(&lines, "flush:5000"));
+        match (n["ok"].as_bool(), f["ok"].as_bool()) {
+            (Some(true), Some(false)) => {
+                assert_eq!(f["code"], "NOT_PERMITTED", "{id}: the flush: {lines:?}")
+            }
+            (Some(false), Some(true)) => {
+                assert_eq!(n["code"], "NOT_PERMITTED", "{id}: the notify: {lines:?}")
+            }
+            _ => panic!("{id}: the notify or else the flush is refused: {lines:?}"),
         }
+        assert_eq!(
+            code(&lines, "request:REFUSED-request"),
+            "NOT_PERMITTED",
+            "{id}: {lines:?}"
+        );
     }
     let mut one = lock(&t.one);
     std::thread::sleep(Duration::from_secs(1));
+    let refusals = one
+        .wait_stderr_count("refused a session", cases.len(), WAIT)
+        .expect("the backend logs each refusal");
+    assert!(refusals >= cases.len(), "{refusals}");
     let delivered = one.messages();
     for (_, _, marker) in cases {
         assert!(
@@ -287,18 +345,16 @@ fn wrong_and_unknown_keys_are_refused_at_the_handshake_and_nothing_is_delivered(
             "{marker} was delivered: {delivered:?}"
         );
     }
-    one.app
-        .wait_stderr("refused a session", WAIT)
-        .expect("the backend logs the refusal");
 }
 
 #[test]
 fn the_backend_down_and_back_gets_every_accepted_notify_once_in_order() {
     let t = tenants();
-    let mut one = lock(&t.one);
+    // The outage backend is this test's alone: the others keep tenant one's.
+    let mut one = lock(&t.outage);
     let mut app = t.spawn(
         "fac-outage",
-        t.flags("alpha", &t.address(7000), "be", None),
+        t.flags("alpha", &t.address(7002), "be", None),
         &[
             "notify:outage-0",
             "flush:10000",
@@ -364,6 +420,12 @@ fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
     app.wait_line(WAIT, |l| l.contains("\"step\":\"ready\""))
         .unwrap();
     let first = relay_process(id).expect("the relay runs");
+    // The scan `assert_relay_gone` relies on finds it too.
+    let scanned = relay_processes_anywhere(id);
+    assert!(
+        scanned.iter().any(|(pid, _)| *pid == first),
+        "the /proc scan finds relay {first}: {scanned:?}"
+    );
 
     // Its confinement, from the host and from its own log.
     let status = std::fs::read_to_string(format!("/proc/{first}/status")).unwrap();
@@ -418,6 +480,7 @@ fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
         .wait_message(WAIT, from("beta", "notify", "after-restart"))
         .unwrap();
     assert!(!relay_dir(id).exists());
+    assert_relay_gone(id);
 }
 
 #[test]
@@ -472,6 +535,7 @@ fn an_unreadable_app_key_is_refused_at_create_naming_the_fix() {
     let mut flags = t.flags("alpha", &t.address(7000), "be", None);
     let last = flags.len() - 1;
     flags[last] = format!("furnace.dev/app-key={}", secret.display());
+    tenant::remove_storage_at_exit("fac-unreadable");
     let out = t.stack.run(
         "fac-unreadable",
         &strs(&flags),
@@ -485,4 +549,29 @@ fn an_unreadable_app_key_is_refused_at_create_naming_the_fix() {
     );
     assert!(!relay_dir("fac-unreadable").exists());
     t.stack.remove("fac-unreadable");
+}
+
+/// The shim dials from the host's network: a backend on the host itself or
+/// at the link-local metadata address is refused at create, naming the
+/// provider's setting, and nothing is set up for it.
+#[test]
+fn a_backend_on_the_host_or_link_local_is_refused_at_create() {
+    let t = tenants();
+    for (id, address) in [
+        ("fac-loopback", "127.0.0.1:7000"),
+        ("fac-metadata", "169.254.169.254:80"),
+    ] {
+        let flags = t.flags("alpha", address, "be", None);
+        let out = t
+            .stack
+            .run(id, &strs(&flags), &["/furnace-probe", "fac", "keys"]);
+        assert!(!out.status.success(), "{id} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refused_backend_networks") && err.contains(address),
+            "{id}: {err}"
+        );
+        assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
+        t.stack.remove(id);
+    }
 }

@@ -3,7 +3,7 @@
 //! namespace (`furnace_tests::tenant::Tenants`), ground truth from QEMU.
 
 use furnace_tests::stack::strs;
-use furnace_tests::tenant::{from, lock, Tenants, WAIT};
+use furnace_tests::tenant::{from, lock, remove_storage_at_exit, Tenants, WAIT};
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -36,6 +36,7 @@ fn hidden_procs_and_memdump_report_to_the_backend() {
     let t = tenants();
     let hidden = t.stack.import("hidden-procs").unwrap();
     let flags = t.flags("alpha", &t.address(7000), "be", None);
+    remove_storage_at_exit("fac-hidden");
     let out = t.stack.run_app(
         &hidden,
         "fac-hidden",
@@ -67,6 +68,7 @@ fn hidden_procs_and_memdump_report_to_the_backend() {
     let saved = t.stack.guest.dir.join("pmemsave-fac.bin");
     qemu.pause().unwrap();
     let (start_arg, size_arg) = (format!("{start:#x}"), size.to_string());
+    remove_storage_at_exit("fac-memdump");
     let out = t.stack.run_app(
         &memdump,
         "fac-memdump",
@@ -142,6 +144,7 @@ fn the_python_sdk_talks_to_the_backend_from_its_partition() {
                   print(f.storage.get('py').decode())\n\
                   f.flush(10)\n";
     let flags = t.flags("beta", &t.address(7000), "be", None);
+    remove_storage_at_exit("fac-python");
     let out = t.stack.run_app(
         &python,
         "fac-python",

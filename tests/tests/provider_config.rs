@@ -114,6 +114,7 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
         (f.relay.cpu, f.relay.memory.to_string(), f.relay.pids),
         (0.5, "128Mi".into(), 8)
     );
+    assert_eq!(f.refused_backend_networks.len(), 3);
     assert_ne!(shim.facilities, default.facilities);
     assert_eq!(shim.permissions.grantable.len(), 5, "all five permissions");
     assert_eq!(shim.seccomp.mode, SeccompMode::Kill);

@@ -276,7 +276,7 @@ impl Facilities {
             seq,
             kind: kind as i32,
             request_id: if kind == Kind::Request { seq } else { 0 },
-            ciphertext,
+            ciphertext: ciphertext.into(),
             deadline_ms,
         };
         if kind == Kind::Request {

@@ -30,8 +30,12 @@ pub fn encode(body: Body) -> Vec<u8> {
     out
 }
 
-pub fn decode(payload: &[u8]) -> Result<Body, FrameError> {
-    Frame::decode(payload)?.body.ok_or(FrameError::Empty)
+/// Decodes a frame's payload; its ciphertext, if any, stays in `payload`'s
+/// buffer.
+pub fn decode(payload: Vec<u8>) -> Result<Body, FrameError> {
+    Frame::decode(bytes::Bytes::from(payload))?
+        .body
+        .ok_or(FrameError::Empty)
 }
 
 /// Checks a frame length read off the wire.
@@ -65,5 +69,5 @@ pub fn read(reader: &mut impl Read, limit: usize) -> Result<Option<Body>, FrameE
     let len = check_len(header, limit)?;
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload)?;
-    decode(&payload).map(Some)
+    decode(payload).map(Some)
 }

@@ -21,12 +21,17 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long either side waits for the other's bytes.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay waits for an answer (a backend dial takes up to 4 s).
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the shim waits for the request byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests answered at once; a connection past them is closed unanswered,
+/// so a relay cannot pin the shim's threads.
+const MAX_ANSWERING: usize = 16;
 /// The longest error text sent back.
 const MAX_MESSAGE: usize = 1024;
 
@@ -191,9 +196,29 @@ impl Drop for BrokerServer {
     }
 }
 
+/// One of [`MAX_ANSWERING`], given back on drop.
+struct Answering(Arc<AtomicUsize>);
+
+impl Answering {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Answering> {
+        if count.fetch_add(1, Ordering::SeqCst) >= MAX_ANSWERING {
+            count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Answering(Arc::clone(count)))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn accept_loop(listener: UnixListener, provider: Arc<dyn Provider>, stop: Arc<AtomicBool>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
+    let answering = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(POLL_MS)) {
@@ -212,12 +237,19 @@ fn accept_loop(listener: UnixListener, provider: Arc<dyn Provider>, stop: Arc<At
                 continue;
             }
         };
+        let Some(slot) = Answering::take(&answering) else {
+            log::warn!(
+                "the facilities broker: {MAX_ANSWERING} requests in progress; closing another"
+            );
+            continue;
+        };
         let provider = Arc::clone(&provider);
         // One request per connection; a backend connect may take seconds,
         // so each is answered on its own thread.
         let spawned = std::thread::Builder::new()
             .name("fac-broker-req".into())
             .spawn(move || {
+                let _slot = slot;
                 if let Err(e) = answer(stream, provider.as_ref()) {
                     log::warn!("the facilities broker: {e}");
                 }
@@ -229,7 +261,7 @@ fn accept_loop(listener: UnixListener, provider: Arc<dyn Provider>, stop: Arc<At
 }
 
 fn answer(mut stream: UnixStream, provider: &dyn Provider) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut byte = [0u8; 1];
     stream.read_exact(&mut byte)?;
@@ -356,6 +388,24 @@ mod tests {
         assert_eq!(reply[0], REFUSED);
         assert!(String::from_utf8_lossy(&reply[3..]).contains("unknown broker request 0x58"));
         assert!(BrokerClient::new(&broker).listener().is_ok());
+    }
+
+    #[test]
+    fn silent_connections_cannot_pin_the_brokers_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, _, broker) = serve(dir.path(), "127.0.0.1:1".into());
+        let silent: Vec<UnixStream> = (0..MAX_ANSWERING)
+            .map(|_| UnixStream::connect(&broker).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            BrokerClient::new(&broker).listener().is_err(),
+            "past the cap a connection is closed unanswered"
+        );
+        // The silent ones time out, and the broker answers again.
+        std::thread::sleep(REQUEST_TIMEOUT + Duration::from_millis(300));
+        assert!(BrokerClient::new(&broker).listener().is_ok());
+        drop(silent);
     }
 
     #[test]

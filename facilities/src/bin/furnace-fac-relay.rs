@@ -41,7 +41,18 @@ struct Args {
     max_bytes_in_flight: u64,
 }
 
+/// Messages of up to 16 MiB pass through one at a time: glibc would map and
+/// unmap each buffer (a page fault per 4 KiB, a quarter of the relay's time
+/// in `docs/benchmarks.md`). Kept in the heap instead, and given back only
+/// past this much free.
+const KEEP_FREE: i32 = 32 << 20;
+
 fn main() {
+    // SAFETY: mallopt only sets allocator parameters, before any thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP_FREE);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREE);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FURNACE_LOG")
@@ -103,7 +114,7 @@ fn run(args: Args) -> Result<(), String> {
                 // accepted, for a while, then go.
                 let left = Relay::drain(DRAIN).await;
                 if left > 0 {
-                    tracing::warn!("stopping with {left} sessions whose notifies the backend has not taken");
+                    tracing::warn!("stopping with {left} sessions still open: what they hold for the backend is lost");
                 }
                 Ok(())
             }

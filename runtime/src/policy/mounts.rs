@@ -81,7 +81,7 @@ fn check_socket(
             .components()
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
     if !ok {
-        return Err(PolicyError::Socket {
+        return Err(PolicyError::Bind {
             which,
             problem: format!(
                 "`{}` is not an absolute path under socket_root {}",
@@ -99,7 +99,7 @@ fn check_socket(
 /// (required) and nothing of the app's; a sandbox none.
 fn check_binds(role: Role, binds: &HostBinds, config: &ProviderConfig) -> Result<(), PolicyError> {
     let refuse = |which: &'static str, problem: String, fix: &str| {
-        Err(PolicyError::Socket {
+        Err(PolicyError::Bind {
             which,
             problem,
             fix: fix.into(),
@@ -183,7 +183,7 @@ fn check_plain(which: &'static str, path: &Path) -> Result<(), PolicyError> {
     if plain {
         return Ok(());
     }
-    Err(PolicyError::Socket {
+    Err(PolicyError::Bind {
         which,
         problem: format!("`{}` is not a plain absolute path", path.display()),
         fix: "pass an absolute host path with no `.` or `..`".into(),

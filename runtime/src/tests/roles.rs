@@ -172,7 +172,7 @@ fn fac_gets_an_empty_network_its_relay_files_and_nothing_of_the_apps() {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains(which), "{which}: {e}");
+        assert!(e.contains(&format!("host bind `{which}`")), "{which}: {e}");
     }
 }
 
@@ -238,7 +238,7 @@ fn an_app_with_a_backend_gets_its_socket_and_keys_read_only_and_no_relay_files()
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains(which), "{which}: {e}");
+        assert!(e.contains(&format!("host bind `{which}`")), "{which}: {e}");
     }
 }
 

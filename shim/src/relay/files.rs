@@ -7,7 +7,7 @@
 //!       fac.sock                          0600 the app's host uid: the listener the shim holds
 //!       backend.pub                       0644 root: the pin, from furnace.dev/backend-key
 //!       relay/                            0710 root:<the relay's host gid>: its bundle
-//!         config.json                     0600 root: the hardened spec
+//!         config.json                     root: the hardened spec (the bundle is closed to others)
 //!         rootfs/                         empty, read-only in the partition
 //!         init, furnace-fac-relay         binds of the host's binaries
 //!         broker.sock                     0600 the relay's host uid
@@ -87,16 +87,9 @@ pub fn own(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), CreateError
         .map_err(|e| failed(path, e))
 }
 
-/// Makes the relay's directories and binds its binaries in. The relay's
-/// directory must not exist yet: one that does belongs to a task this shim
-/// did not create, and is left alone. The storage directory is reused.
-pub fn create(
-    dirs: &RelayDirs,
-    relay_ids: (u32, u32),
-    init: &Path,
-    program: &Path,
-) -> Result<(), CreateError> {
-    let (uid, gid) = relay_ids;
+/// Makes the relay's own directory, which must not exist yet: one that
+/// does belongs to a task this shim did not create, and is left alone.
+pub fn claim(dirs: &RelayDirs) -> Result<(), CreateError> {
     for ancestor in dirs.root.ancestors().skip(1).take(2) {
         dir(ancestor, 0o711)?;
     }
@@ -109,7 +102,18 @@ pub fn create(
                 dirs.root.display()
             )),
             _ => failed(&dirs.root, e),
-        })?;
+        })
+}
+
+/// Fills the [`claim`]ed directory and binds the binaries in; makes the
+/// storage directory, or reuses it.
+pub fn create(
+    dirs: &RelayDirs,
+    relay_ids: (u32, u32),
+    init: &Path,
+    program: &Path,
+) -> Result<(), CreateError> {
+    let (uid, gid) = relay_ids;
     dir(&dirs.bundle(), 0o710)?;
     own(&dirs.bundle(), 0, gid, 0o710)?;
     dir(&dirs.rootfs(), 0o755)?;
@@ -164,6 +168,7 @@ mod tests {
         );
         let binary = scratch.path().join("binary");
         std::fs::write(&binary, b"#!").unwrap();
+        claim(&dirs).unwrap();
         create(&dirs, (4242, 4343), &binary, &binary).unwrap();
         let mode = |p: &Path| {
             let m = std::fs::metadata(p).unwrap();
@@ -174,8 +179,12 @@ mod tests {
         assert_eq!(mode(&dirs.storage), (0o700, 4242, 4343));
         assert_eq!(std::fs::read(dirs.program()).unwrap(), b"#!");
 
-        let again = create(&dirs, (4242, 4343), &binary, &binary).unwrap_err();
+        let again = claim(&dirs).unwrap_err();
         assert!(again.to_string().contains("exists"), "{again}");
+        assert!(
+            dirs.program().exists(),
+            "the refused claim left the first one alone"
+        );
 
         std::fs::write(dirs.storage.join("kept"), b"v").unwrap();
         assert!(remove(&dirs).is_empty());
@@ -185,6 +194,7 @@ mod tests {
             "storage outlives the task"
         );
         assert!(remove(&dirs).is_empty(), "safe to repeat");
+        claim(&dirs).unwrap();
         create(&dirs, (4242, 4343), &binary, &binary).unwrap();
         assert!(remove(&dirs).is_empty());
     }

@@ -8,49 +8,37 @@
 //! app's mount pins; and the dialling of the backend, to exactly the
 //! annotated address, over the broker (`furnace_fac_broker`).
 
+mod dialer;
 mod files;
+mod watch;
 
 use crate::instance::{remove_partition, CreateError};
 use crate::process::lock;
 pub use files::RelayDirs;
-use furnace_fac_broker::{BrokerServer, Provider, Request};
-use furnace_runtime::launcher::{self, Partition, Stdio};
+use furnace_fac_broker::BrokerServer;
+use furnace_runtime::launcher::{self, Partition};
 use furnace_runtime::units::ByteSize;
 use furnace_runtime::{policy, Backend, HostBinds, ProviderConfig, RelayFiles, Role};
 use std::collections::HashMap;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use watch::Waited;
 
 /// libcontainer's state for relays, one directory per containerd namespace.
 pub const STATE_ROOT: &str = "/run/furnace/runtime-fac";
 /// Parent of every relay's cgroup: `/furnace-fac/<namespace>/<id>`, beside
 /// (not under) the apps', so an app's own limits and stats stay its own.
 pub const CGROUP_PARENT: &str = "/furnace-fac";
-
-/// The wait before the first restart, doubled up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// A relay that ran this long before it died restarts after [`FIRST_BACKOFF`] again.
-const STABLE: Duration = Duration::from_secs(30);
-/// How often the supervisor looks at its stop flag.
-const POLL: Duration = Duration::from_millis(200);
-/// The broker's dial of the backend; the relay gives up on its own after 5 s.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long a stopping relay may take to hand the backend what it holds;
 /// the relay itself gives up after 5 s.
 const DRAIN: Duration = Duration::from_secs(6);
-/// Backend dials one relay may have in progress at once.
-const MAX_DIALS: usize = 8;
 
 /// What `Create` gives the relay of one app.
 pub struct RelayParams<'a> {
-    pub namespace: &'a str,
     pub id: &'a str,
     pub backend: &'a Backend,
     /// The app's storage quota (`furnace.dev/limits` storage, or the default).
@@ -100,25 +88,30 @@ impl RelayRecord {
 /// A running relay and its supervisor.
 pub struct FacRelay {
     record: RelayRecord,
-    shared: Arc<Shared>,
+    relay: Arc<watch::Relay>,
     broker: Mutex<Option<BrokerServer>>,
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-struct Shared {
-    partition: Partition,
-    bundle: PathBuf,
-    log: PathBuf,
-    stop: AtomicBool,
-    pid: Mutex<Option<u32>>,
+/// Makes the relay's directory for a new task. One that exists belongs to
+/// a task this shim did not create (another containerd's of the same
+/// namespace and id, or one not cleaned up): it is refused, and left alone.
+/// Only a claimed relay goes into the task record, so that a failed create
+/// never removes another task's.
+pub fn claim(record: &RelayRecord) -> Result<(), CreateError> {
+    files::claim(&record.dirs)
 }
 
 impl FacRelay {
-    /// Sets the relay up and starts it. On failure nothing is left behind.
-    pub fn start(p: RelayParams<'_>) -> Result<FacRelay, CreateError> {
-        let record = RelayRecord::new(p.namespace, p.id, p.config);
+    /// Sets up the relay [`claim`]ed for `p` and starts it. On failure
+    /// nothing of it is left behind.
+    pub fn start(record: RelayRecord, p: RelayParams<'_>) -> Result<FacRelay, CreateError> {
         let undo = Leftovers(Some(record.clone()));
         let dirs = &record.dirs;
+        let addresses = dialer::resolve(
+            &p.backend.address,
+            &p.config.facilities.refused_backend_networks,
+        )?;
         let init = launcher::init_path().map_err(CreateError::Failed)?;
         let program = launcher::relay_path().map_err(CreateError::Failed)?;
         let ns = p.config.user_namespace;
@@ -137,9 +130,10 @@ impl FacRelay {
         files::own(&dirs.app_socket(), p.app_ids.0, p.app_ids.1, 0o600)?;
         let broker = UnixListener::bind(dirs.broker()).map_err(|e| failed(&dirs.broker(), e))?;
         files::own(&dirs.broker(), relay_ids.0, relay_ids.1, 0o600)?;
-        let dialer = Dialer {
+        let dialer = dialer::Dialer {
             app,
             address: p.backend.address.clone(),
+            addresses,
             dialing: AtomicUsize::new(0),
         };
         let broker = BrokerServer::spawn(broker, Arc::new(dialer))
@@ -147,23 +141,24 @@ impl FacRelay {
 
         write_spec(&record, &p)?;
         std::fs::create_dir_all(&record.state_root).map_err(|e| failed(&record.state_root, e))?;
-        let shared = Arc::new(Shared {
+        let relay = Arc::new(watch::Relay {
             partition: Partition::new(p.id, &record.state_root),
             bundle: dirs.bundle(),
             log: dirs.log(),
             stop: AtomicBool::new(false),
-            pid: Mutex::new(None),
+            running: Mutex::new(None),
+            recent_pids: Mutex::new(Vec::new()),
         });
-        let pid = launch(&shared).map_err(CreateError::Failed)?;
-        let supervised = Arc::clone(&shared);
+        relay.launch().map_err(CreateError::Failed)?;
+        let supervised = Arc::clone(&relay);
         let supervisor = std::thread::Builder::new()
             .name("fac-relay".into())
-            .spawn(move || supervise(&supervised, pid))
+            .spawn(move || supervised.supervise())
             .map_err(|e| CreateError::Failed(format!("starting the relay's supervisor: {e}")))?;
         undo.disarm();
         Ok(FacRelay {
             record,
-            shared,
+            relay,
             broker: Mutex::new(Some(broker)),
             supervisor: Mutex::new(Some(supervisor)),
         })
@@ -175,7 +170,13 @@ impl FacRelay {
 
     /// The relay's init, while one runs.
     pub fn pid(&self) -> Option<u32> {
-        *lock(&self.shared.pid)
+        lock(&self.relay.running).as_ref().map(|r| r.pid)
+    }
+
+    /// Whether `pid` is, or was lately, this relay's init: its exit is no
+    /// task's.
+    pub fn owns(&self, pid: u32) -> bool {
+        self.relay.owns(pid)
     }
 
     /// Stops the relay for good and removes it (but the storage). Safe to
@@ -183,19 +184,18 @@ impl FacRelay {
     /// SIGTERM and [`DRAIN`] to hand the backend the notifies it accepted
     /// (it still needs the broker for that), then whatever is left is killed.
     pub fn stop(&self) -> Vec<String> {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        self.relay.stop.store(true, Ordering::Relaxed);
         if let Some(t) = lock(&self.supervisor).take() {
             let _ = t.join();
         }
-        if let Some(pid) = lock(&self.shared.pid).take() {
-            let never = AtomicBool::new(false);
+        if let Some(running) = lock(&self.relay.running).take() {
             let until = Some(Instant::now() + DRAIN);
             if self
-                .shared
+                .relay
                 .partition
                 .kill(libc::SIGTERM as u32, false)
                 .is_ok()
-                && !wait_for_exit(pid, &never, until)
+                && self.relay.wait_for_exit(&running.pidfd, until) != Waited::Exited
             {
                 log::warn!(
                     "{}: the relay did not stop within {DRAIN:?}",
@@ -276,172 +276,80 @@ fn write_spec(record: &RelayRecord, p: &RelayParams<'_>) -> Result<(), CreateErr
         .map_err(|e| CreateError::Failed(format!("writing {}: {e}", path.display())))
 }
 
-/// Creates and starts the relay's partition; returns its init's pid.
-fn launch(shared: &Shared) -> Result<u32, String> {
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&shared.log)
-        .map_err(|e| format!("opening {}: {e}", shared.log.display()))?;
-    let err = log.try_clone().map_err(|e| e.to_string())?;
-    let stdio = Stdio {
-        stdin: None,
-        stdout: Some(log.into()),
-        stderr: Some(err.into()),
-    };
-    let p = &shared.partition;
-    let (partition, pid) =
-        launcher::create(&p.id, &shared.bundle, &p.state_root, stdio).map_err(|e| e.to_string())?;
-    *lock(&shared.pid) = Some(pid);
-    partition.start().map_err(|e| e.to_string())?;
-    Ok(pid)
-}
-
-/// Restarts the relay whenever it dies, with backoff, until stopped. A
-/// relay is the app's only way out, so it is never given up on; each death
-/// is logged, and the app sees UNAVAILABLE on the session it had.
-fn supervise(shared: &Shared, first: u32) {
-    let mut pid = Some(first);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let since = Instant::now();
-        if let Some(pid) = pid {
-            if !wait_for_exit(pid, &shared.stop, None) {
-                return;
-            }
-            log::warn!(
-                "{}: the facilities relay (pid {pid}) exited; restarting it",
-                shared.partition.id
-            );
-        }
-        *lock(&shared.pid) = None;
-        if let Err(e) = shared.partition.delete() {
-            log::warn!("{}: removing the dead relay: {e}", shared.partition.id);
-        }
-        if since.elapsed() >= STABLE {
-            backoff = FIRST_BACKOFF;
-        }
-        if !sleep_unless_stopped(backoff, &shared.stop) {
-            return;
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        pid = match launch(shared) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                log::error!(
-                    "{}: restarting the facilities relay: {e}",
-                    shared.partition.id
-                );
-                None
-            }
-        };
-    }
-}
-
-/// Waits until `pid` exits (true), or `stop` is set or `until` passes
-/// (false). A pidfd sees the exit whoever reaps the process (the shim's
-/// reaper does).
-fn wait_for_exit(pid: u32, stop: &AtomicBool, until: Option<Instant>) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return true; // ESRCH: already gone.
-    }
-    // SAFETY: the kernel just returned this descriptor to us alone.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    let timeout = PollTimeout::try_from(POLL).unwrap_or(PollTimeout::NONE);
-    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-            Ok(_) | Err(_) => return true,
-        }
-    }
-    false
-}
-
-fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) -> bool {
-    let until = Instant::now() + duration;
-    while Instant::now() < until {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        std::thread::sleep(POLL.min(until.saturating_duration_since(Instant::now())));
-    }
-    !stop.load(Ordering::Relaxed)
-}
-
-/// The shim's answers to the relay's broker requests.
-struct Dialer {
-    app: UnixListener,
-    address: String,
-    dialing: AtomicUsize,
-}
-
-impl Provider for Dialer {
-    fn provide(&self, request: Request) -> Result<OwnedFd, String> {
-        match request {
-            Request::Listener => self
-                .app
-                .try_clone()
-                .map(OwnedFd::from)
-                .map_err(|e| format!("sharing the app's listener: {e}")),
-            Request::Backend => {
-                if self.dialing.fetch_add(1, Ordering::SeqCst) >= MAX_DIALS {
-                    self.dialing.fetch_sub(1, Ordering::SeqCst);
-                    return Err(format!(
-                        "{MAX_DIALS} connections to the backend are being made already"
-                    ));
-                }
-                let result = dial(&self.address);
-                self.dialing.fetch_sub(1, Ordering::SeqCst);
-                result
-            }
-        }
-    }
-}
-
-fn dial(address: &str) -> Result<OwnedFd, String> {
-    let addresses = address
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving the backend {address}: {e}"))?;
-    let mut last = format!("the backend {address} resolves to no address");
-    for a in addresses {
-        match TcpStream::connect_timeout(&a, DIAL_TIMEOUT) {
-            Ok(stream) => return Ok(stream.into()),
-            Err(e) => last = format!("connecting to the backend {address} ({a}): {e}"),
-        }
-    }
-    Err(last)
-}
-
-/// Refuses an app key the app could not read inside its partition: the
-/// shim binds the file as it is and never reads or copies the secret.
+/// Refuses an app key that is not the app's own secret: the shim binds the
+/// file as it is and never reads or copies it, so it must be a plain file
+/// (no symlink, one link) owned by the app's host uid and readable by it
+/// alone.
 pub fn check_app_key(path: &Path, app_ids: (u32, u32)) -> Result<(), CreateError> {
+    let annotation = furnace_runtime::annotations::APP_KEY;
     let (uid, gid) = app_ids;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        CreateError::Invalid(format!(
-            "{}: {}: {e}",
-            furnace_runtime::annotations::APP_KEY,
-            path.display()
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| CreateError::Invalid(format!("{annotation}: {}: {e}", path.display())))?;
+    let through_symlink = std::fs::canonicalize(path).map_or(true, |c| c != path);
+    let mode = meta.mode() & 0o7777;
+    let problem = if !meta.file_type().is_file() || through_symlink {
+        Some("is not a plain file (a symlink, or a path through one?)".to_string())
+    } else if meta.nlink() != 1 {
+        Some(format!("has {} hard links", meta.nlink()))
+    } else if meta.uid() != uid || mode & 0o400 == 0 {
+        Some(format!(
+            "(mode {mode:o}, owner {}:{}) is not readable by the app, which runs as host uid {uid}",
+            meta.uid(),
+            meta.gid()
         ))
-    })?;
-    let mode = meta.mode();
-    let readable = (meta.uid() == uid && mode & 0o400 != 0)
-        || (meta.gid() == gid && mode & 0o040 != 0)
-        || mode & 0o004 != 0;
-    if meta.is_file() && readable {
-        return Ok(());
+    } else if mode & 0o077 != 0 {
+        Some(format!("(mode {mode:o}) is open to others than its owner"))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(CreateError::Invalid(format!(
+            "{annotation}: {} {problem}; the key must be the app's alone: `chown {uid}:{gid} {}; chmod 0400 {}`",
+            path.display(),
+            path.display(),
+            path.display()
+        ))),
     }
-    Err(CreateError::Invalid(format!(
-        "{}: {} (mode {:o}, owner {}:{}) is not a file the app can read: it runs as host uid {uid}, gid {gid}; `chown {uid}:{gid} {}` keeps it private to the app (mode 0400)",
-        furnace_runtime::annotations::APP_KEY,
-        path.display(),
-        mode & 0o7777,
-        meta.uid(),
-        meta.gid(),
-        path.display()
-    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_app_key;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Real files (the tests run as root, as the shim).
+    #[test]
+    fn only_a_plain_private_file_of_the_apps_uid_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = (4242, 4242);
+        let key = dir.path().join("app.key");
+        std::fs::write(&key, "k").unwrap();
+        std::os::unix::fs::chown(&key, Some(ids.0), Some(ids.1)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        check_app_key(&key, ids).unwrap();
+
+        let refused = |path: &std::path::Path, why: &str| {
+            let e = check_app_key(path, ids).unwrap_err().to_string();
+            assert!(e.contains("furnace.dev/app-key") && e.contains(why), "{e}");
+            assert!(e.contains("chown 4242:4242"), "{e}");
+        };
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        refused(&key, "open to others");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_app_key(&key, ids).unwrap();
+        std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+        refused(&key, "not readable by the app");
+        std::os::unix::fs::chown(&key, Some(ids.0), Some(ids.1)).unwrap();
+
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        refused(&link, "not a plain file");
+        let hard = dir.path().join("hard.key");
+        std::fs::hard_link(&key, &hard).unwrap();
+        refused(&hard, "2 hard links");
+        refused(dir.path(), "not a plain file");
+        let missing = check_app_key(&dir.path().join("missing.key"), ids).unwrap_err();
+        assert!(missing.to_string().contains("No such file"), "{missing}");
+    }
 }
