@@ -105,7 +105,10 @@ impl Instance {
         let relay_record = (role == Role::App)
             .then_some(request.backend.as_ref())
             .flatten()
-            .map(|backend| (backend, RelayRecord::new(p.namespace, p.id, p.config)));
+            .map(|backend| {
+                let record = RelayRecord::new(p.namespace, p.id, backend, p.config);
+                (backend, record)
+            });
         let app_id = registration::app_id(p.namespace, p.id);
         let vmi_socket = request
             .guest

@@ -35,6 +35,8 @@ enum Left {
         link: String,
     },
     Dir(PathBuf),
+    /// App `id`'s storage, for every tenant.
+    Storage(String),
 }
 
 fn leave(item: Left) {
@@ -54,6 +56,7 @@ extern "C" fn remove_what_is_left() {
             Left::Dir(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            Left::Storage(id) => remove_storage(&id),
         }
     }
 }
@@ -68,18 +71,39 @@ pub fn remove_at_exit(dir: PathBuf) {
     leave(Left::Dir(dir));
 }
 
-/// The storage directory of app `id` (docs/facilities.md, "Storage": the
-/// default `storage_root`, the tests' containerd namespace).
-pub fn storage_dir(id: &str) -> PathBuf {
-    Path::new("/var/lib/furnace/storage")
-        .join(crate::containerd::NAMESPACE)
-        .join(id)
+/// The storage directories of app `id`, one per tenant that ran it
+/// (docs/facilities.md, "Storage": the default `storage_root`, the tests'
+/// containerd namespace, then the tenant's backend key).
+pub fn storage_dirs(id: &str) -> Vec<PathBuf> {
+    let namespace = Path::new("/var/lib/furnace/storage").join(crate::containerd::NAMESPACE);
+    std::fs::read_dir(namespace)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|tenant| tenant.path().join(id))
+        .filter(|dir| dir.exists())
+        .collect()
 }
 
-/// Removes app `id`'s storage directory at exit: a test that runs an app
-/// with a backend calls this (the [`Tenants`] runners do it themselves).
+/// Removes app `id`'s storage, for every tenant.
+pub fn remove_storage(id: &str) {
+    for dir in storage_dirs(id) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Removes app `id`'s storage at exit: a test that runs an app with a
+/// backend calls this (the [`Tenants`] runners do it themselves).
 pub fn remove_storage_at_exit(id: &str) {
-    remove_at_exit(storage_dir(id));
+    let left = LEFT.lock().unwrap_or_else(|p| p.into_inner());
+    if left
+        .iter()
+        .any(|l| matches!(l, Left::Storage(known) if known == id))
+    {
+        return;
+    }
+    drop(left);
+    leave(Left::Storage(id.to_string()));
 }
 
 /// SIGKILL to `pid` if it still is a `furnace backend` of this fixture: its

@@ -9,9 +9,7 @@
 use furnace_tests::containerd::NAMESPACE;
 use furnace_tests::running::RunningApp;
 use furnace_tests::stack::strs;
-use furnace_tests::tenant::{
-    self, from, lines, lock, storage_dir, Capture, Tenants, APP_UID, WAIT,
-};
+use furnace_tests::tenant::{self, from, lines, lock, Capture, Tenants, APP_UID, WAIT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -124,7 +122,7 @@ fn notify_request_and_storage_reach_the_backend_sealed_and_storage_persists() {
     let t = tenants();
     let capture = Capture::start(&t.net, &t.keys.path().join("sealed.pcap")).unwrap();
     let id = "fac-basics";
-    let _ = std::fs::remove_dir_all(storage_dir(id));
+    tenant::remove_storage(id);
     let first = t.run(
         id,
         "alpha",
@@ -187,6 +185,13 @@ fn notify_request_and_storage_reach_the_backend_sealed_and_storage_persists() {
     let second = t.run(id, "alpha", &["get:kept", "keys"]);
     assert_eq!(ok(&second, "get:kept"), "MARKER-stored-51e0");
     assert_eq!(ok(&second, "keys"), serde_json::json!(["kept"]));
+    // Another tenant (another backend) reusing the id starts empty.
+    let other = t.run_with(
+        id,
+        t.flags("gamma", &t.address(7001), "be2", None),
+        &["keys"],
+    );
+    assert_eq!(ok(&other, "keys"), serde_json::json!([]));
 }
 
 #[test]
@@ -487,7 +492,7 @@ fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
 fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves_on() {
     let t = tenants();
     let id = "fac-limits";
-    let _ = std::fs::remove_dir_all(storage_dir(id));
+    tenant::remove_storage(id);
     let lines = t.run_with(
         id,
         t.flags("alpha", &t.address(7000), "be", Some("storage=4Ki")),

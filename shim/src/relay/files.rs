@@ -12,7 +12,8 @@
 //!         init, furnace-fac-relay         binds of the host's binaries
 //!         broker.sock                     0600 the relay's host uid
 //!         relay.log                       0600 root: the relay's stderr
-//! <storage_root>/<namespace>/<id>/        0700 the relay's host uid: storage, kept
+//! <storage_root>/<namespace>/<tenant>/<id>/   0700 the relay's host uid: storage, kept
+//!                                         (<tenant>: the backend's public key, in hex)
 //! ```
 //!
 //! The binaries are bound inside the relay's own directory for the reason
@@ -29,15 +30,26 @@ use std::path::{Path, PathBuf};
 pub struct RelayDirs {
     /// `<socket_root>/fac/<namespace>/<id>`.
     pub root: PathBuf,
-    /// `<storage_root>/<namespace>/<id>`.
+    /// `<storage_root>/<namespace>/<tenant>/<id>`.
     pub storage: PathBuf,
 }
 
 impl RelayDirs {
-    pub fn new(socket_root: &Path, storage_root: &Path, namespace: &str, id: &str) -> Self {
+    /// `tenant` names the tenant's storage: its backend's public key. So a
+    /// later task of the same namespace and id gets the store back only if
+    /// it talks to the same backend: another tenant reusing an id starts
+    /// empty.
+    pub fn new(
+        socket_root: &Path,
+        storage_root: &Path,
+        namespace: &str,
+        tenant: &furnace_api::facilities::PublicKey,
+        id: &str,
+    ) -> Self {
+        let tenant: String = tenant.0.iter().map(|b| format!("{b:02x}")).collect();
         RelayDirs {
             root: socket_root.join("fac").join(namespace).join(id),
-            storage: storage_root.join(namespace).join(id),
+            storage: storage_root.join(namespace).join(tenant).join(id),
         }
     }
     pub fn app_socket(&self) -> PathBuf {
@@ -121,7 +133,7 @@ pub fn create(
     bind_file(program, &dirs.program(), "the facilities relay")?;
 
     if let Some(parent) = dirs.storage.parent() {
-        for ancestor in parent.ancestors().take(2) {
+        for ancestor in parent.ancestors().take(3) {
             dir(ancestor, 0o711)?;
         }
     }
@@ -164,7 +176,16 @@ mod tests {
             &scratch.path().join("sockets"),
             &scratch.path().join("storage"),
             "ns",
+            &furnace_api::facilities::PublicKey([0xab; 32]),
             "app",
+        );
+        assert_eq!(
+            dirs.storage,
+            scratch
+                .path()
+                .join("storage/ns")
+                .join("ab".repeat(32))
+                .join("app")
         );
         let binary = scratch.path().join("binary");
         std::fs::write(&binary, b"#!").unwrap();

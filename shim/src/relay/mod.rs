@@ -59,13 +59,14 @@ pub struct RelayRecord {
 }
 
 impl RelayRecord {
-    pub fn new(namespace: &str, id: &str, config: &ProviderConfig) -> Self {
+    pub fn new(namespace: &str, id: &str, backend: &Backend, config: &ProviderConfig) -> Self {
         RelayRecord {
             id: id.into(),
             dirs: RelayDirs::new(
                 &config.socket_root,
                 &config.facilities.storage_root,
                 namespace,
+                &backend.key,
                 id,
             ),
             state_root: Path::new(STATE_ROOT).join(namespace),
