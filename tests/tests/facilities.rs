@@ -580,3 +580,58 @@ fn a_backend_on_the_host_or_link_local_is_refused_at_create() {
         t.stack.remove(id);
     }
 }
+
+/// A shim SIGKILLed under a running app with a relay: containerd's cleanup
+/// of the dead shim (`containerd-shim-furnace-v1 delete`, from the task
+/// record) removes the relay too, its process, partition and directory.
+#[test]
+fn the_relay_of_a_dead_shim_is_removed_from_the_task_record() {
+    let t = tenants();
+    let id = "fac-shim-dies";
+    tenant::remove_storage_at_exit(id);
+    let flags = t.flags("beta", &t.address(7000), "be", None);
+    t.stack
+        .run_detached(
+            id,
+            &strs(&flags),
+            &[
+                "/furnace-probe",
+                "fac",
+                "notify:before-the-shim-dies",
+                "flush:10000",
+                "sleep:600000",
+            ],
+        )
+        .unwrap();
+    lock(&t.one)
+        .wait_message(WAIT, from("beta", "notify", "before-the-shim-dies"))
+        .unwrap();
+    let relay = relay_process(id).expect("the relay runs");
+    let init = t.stack.task_pid(id).expect("the task runs");
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let shim: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the init's parent");
+    let exe = std::fs::read_link(format!("/proc/{shim}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy()
+            .ends_with("containerd-shim-furnace-v1"),
+        "the init's parent is the shim: {}",
+        exe.display()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    t.stack.remove(id);
+    wait_for("the relay to be gone", || {
+        !Path::new(&format!("/proc/{relay}")).exists()
+    });
+    wait_for("the relay's directory to be gone", || {
+        !relay_dir(id).exists()
+    });
+    assert_relay_gone(id);
+}
