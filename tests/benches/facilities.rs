@@ -46,7 +46,7 @@ mod common;
 mod netns;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{clock_overhead_ns, cpu_model, measure, median_round, Stats, XorShift};
+use common::{clock_overhead_ns, cpu_model, cpu_time, measure, median_round, Stats, XorShift};
 use furnace_api::fac::v1::Kind;
 use furnace_api::facilities::keys::{self, Keypair, PrivateKey, PublicKey};
 use furnace_api::facilities::seal::{AppHandshake, BackendHandshake};
@@ -170,26 +170,6 @@ fn status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-/// CPU time (user + system) `pid` (or "self") has used so far.
-fn cpu_time(pid: &str) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<u64> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            Some(fields.iter().sum::<u64>())
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux we run on.
-    Duration::from_millis(ticks * 10)
 }
 
 /// Voluntary context switches (sleeps: waits for a socket, a lock, a

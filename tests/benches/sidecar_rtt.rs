@@ -26,7 +26,9 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{clock_overhead_ns, cpu_model, measure, median_round, percentile, Stats, XorShift};
+use common::{
+    clock_overhead_ns, cpu_model, cpu_time, measure, median_round, percentile, Stats, XorShift,
+};
 use furnace_api::v1::{self, Permission};
 use furnace_api::Vmi;
 use furnace_tests::walks::{walk_batched, walk_per_call, PidNames};
@@ -38,7 +40,7 @@ use furnace_vmi::profile::Profile;
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SEED: u64 = 0x5eed_f0e5_ca5e_0002;
 const MIB: u64 = 1 << 20;
@@ -152,26 +154,6 @@ fn bulk_rate(addrs: &[u64], size: u64, mut read: impl FnMut(u64)) -> Stats {
         p99: rate,
         ops: addrs.len(),
     }
-}
-
-/// CPU time (user + system) process `pid` has used so far, or 0 if unknown.
-fn cpu_time(pid: &str) -> Duration {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<u64> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            Some(fields.iter().sum::<u64>())
-        })
-        .unwrap_or(0);
-    // USER_HZ is 100 on every Linux we run on.
-    Duration::from_millis(ticks * 10)
 }
 
 fn pass(ok: bool) -> &'static str {
