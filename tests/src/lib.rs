@@ -21,9 +21,11 @@ pub mod containerd;
 pub mod docker;
 mod host;
 pub use host::stdout_if_success;
+pub mod relays;
 pub mod running;
 pub mod stack;
 pub mod tenant;
+pub mod tenants;
 pub mod walks;
 
 pub const GUEST_ROOT: &str = "/run/furnace/guests";

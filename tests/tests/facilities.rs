@@ -4,14 +4,17 @@
 //! namespace of its own behind a veth pair (a remote tenant), with `tcpdump`
 //! on the host's end of the veth.
 //!
-//! The tenants and their keys are `furnace_tests::tenant::Tenants`.
+//! The tenants and their keys are `furnace_tests::tenants::Tenants`.
 
-use furnace_tests::containerd::NAMESPACE;
+use furnace_tests::relays::{
+    assert_relay_gone, relay_dir, relay_process, relay_processes_anywhere,
+};
 use furnace_tests::running::RunningApp;
 use furnace_tests::stack::strs;
-use furnace_tests::tenant::{self, from, lines, lock, Capture, Tenants, APP_UID, WAIT};
+use furnace_tests::tenant::{self, Capture};
+use furnace_tests::tenants::{from, lines, lock, Tenants, APP_UID, WAIT};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,72 +41,6 @@ fn code(lines: &[Value], name: &str) -> String {
     let l = step(lines, name);
     assert_eq!(l["ok"], false, "{name} should fail: {l}");
     l["code"].as_str().unwrap_or_default().to_string()
-}
-
-/// The relay's directory for task `id` (`shim/src/relay/files.rs`).
-fn relay_dir(id: &str) -> PathBuf {
-    Path::new("/run/furnace/fac").join(NAMESPACE).join(id)
-}
-
-/// The relay's cgroup in the pids hierarchy (`shim/src/relay/mod.rs`).
-fn relay_cgroup(id: &str) -> PathBuf {
-    Path::new("/sys/fs/cgroup/pids/furnace-fac")
-        .join(NAMESPACE)
-        .join(id)
-}
-
-/// Pids in the relay's cgroup, from the pids hierarchy.
-fn relay_pids(id: &str) -> Vec<u32> {
-    std::fs::read_to_string(relay_cgroup(id).join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
-}
-
-/// The relay process itself (not its init): the one that runs
-/// `/run/furnace/relay` (as its own mount namespace names it).
-fn relay_process(id: &str) -> Option<u32> {
-    relay_pids(id).into_iter().find(|pid| {
-        std::fs::read_link(format!("/proc/{pid}/exe"))
-            .is_ok_and(|exe| exe == Path::new("/run/furnace/relay"))
-    })
-}
-
-/// Every process on the host that runs `/run/furnace/relay` (as its own
-/// mount namespace names it) in a cgroup of task `id`'s relay, in any
-/// hierarchy, found by a scan of `/proc` rather than by the cgroup's path.
-fn relay_processes_anywhere(id: &str) -> Vec<(u32, String)> {
-    let mine = format!("/furnace-fac/{NAMESPACE}/{id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        panic!("reading /proc");
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-            let named = cgroup.lines().any(|l| {
-                l.splitn(3, ':')
-                    .nth(2)
-                    .is_some_and(|path| path == mine || path.starts_with(&format!("{mine}/")))
-            });
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-            (named && exe == Path::new("/run/furnace/relay")).then_some((pid, cgroup))
-        })
-        .collect()
-}
-
-/// The relay of task `id` is gone: its cgroup is removed, and no process on
-/// the host runs the relay in it (the second would catch a wrong path in
-/// the first; the killed-relay test shows the path while a relay runs).
-fn assert_relay_gone(id: &str) {
-    assert!(
-        !relay_cgroup(id).exists(),
-        "the relay's cgroup {} is removed",
-        relay_cgroup(id).display()
-    );
-    let left = relay_processes_anywhere(id);
-    assert!(left.is_empty(), "relays of {id} still run: {left:?}");
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {

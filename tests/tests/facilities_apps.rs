@@ -1,9 +1,10 @@
 //! The example apps and the Python SDK with a backend, under `io.furnace.v1`:
 //! the real relay under the real shim, `furnace backend` in a tenant network
-//! namespace (`furnace_tests::tenant::Tenants`), ground truth from QEMU.
+//! namespace (`furnace_tests::tenants::Tenants`), ground truth from QEMU.
 
 use furnace_tests::stack::strs;
-use furnace_tests::tenant::{from, lock, remove_storage_at_exit, Tenants, WAIT};
+use furnace_tests::tenant::remove_storage_at_exit;
+use furnace_tests::tenants::{from, lock, Tenants, WAIT};
 use serde_json::Value;
 use std::sync::OnceLock;
 
