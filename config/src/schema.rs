@@ -205,6 +205,11 @@ pub struct SidecarConfig {
     pub max_events_per_second: u32,
     /// Event subscriptions one app may hold.
     pub max_subscriptions: u32,
+    /// The host uid and gid of the sidecar's worker, the process that parses
+    /// guest memory and serves the apps. Give it ids no account and no
+    /// partition uses.
+    pub worker_uid: u32,
+    pub worker_gid: u32,
 }
 
 /// The `[facilities]` table: what the relay of each app allows, where its
@@ -305,6 +310,8 @@ impl Default for SidecarConfig {
             max_event_queue: 65_536,
             max_events_per_second: 20_000,
             max_subscriptions: 64,
+            worker_uid: 99_000,
+            worker_gid: 99_000,
         }
     }
 }

@@ -158,6 +158,18 @@ impl SidecarConfig {
                 "lower sidecar.default_event_queue or raise sidecar.max_event_queue",
             ));
         }
+        for (key, id) in [
+            ("sidecar.worker_uid", self.worker_uid),
+            ("sidecar.worker_gid", self.worker_gid),
+        ] {
+            if id == 0 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "0 is root: the worker parses guest memory and must not be",
+                    "use an id no account or partition uses, e.g. 99000 (the default)",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -1,26 +1,22 @@
-//! Seccomp allowlists per role, kept as data in `runtime/seccomp/*.json` and
-//! turned into an OCI `linux.seccomp` here.
+//! Seccomp allowlists per role, kept as data in `runtime/seccomp/*.json`
+//! (the format is `furnace-seccomp`'s) and turned into an OCI
+//! `linux.seccomp` here.
 //!
-//! The data format is deliberately small:
-//! - `allow`: syscall names allowed unconditionally;
-//! - `allow_if`: names allowed only when every argument condition holds
-//!   (several entries for one name are alternatives);
-//! - `errno`: names answered with a specific errno instead of the default;
-//! - `extends`: another role whose lists are included first.
-//!
-//! `masked_eq` conditions are written as `mask` and `value` and emitted the
-//! way youki's libcontainer (our launcher) reads them: OCI `value` is the
-//! value compared, `valueTwo` the mask. runc reads the two the other way
-//! round; under runc such a rule would never match, which fails closed.
+//! `masked_eq` conditions are emitted the way youki's libcontainer (our
+//! launcher) reads them: OCI `value` is the value compared, `valueTwo` the
+//! mask. runc reads the two the other way round; under runc such a rule
+//! would never match, which fails closed.
 
 use crate::annotations::Role;
 use crate::config::SeccompMode;
 use crate::error::PolicyError;
+use furnace_seccomp::{Condition, Op};
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
 };
-use serde::Deserialize;
+
+pub use furnace_seccomp::Rules;
 
 pub const APP_PROFILE: &str = include_str!("../seccomp/app.json");
 pub const FAC_PROFILE: &str = include_str!("../seccomp/fac.json");
@@ -28,149 +24,29 @@ pub const FAC_PROFILE: &str = include_str!("../seccomp/fac.json");
 /// `EPERM`: what a refused syscall returns in errno mode.
 pub const EPERM: u32 = 1;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Profile {
-    role: String,
-    #[allow(dead_code)]
-    about: String,
-    #[serde(default)]
-    extends: Option<String>,
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    allow_if: Vec<Conditional>,
-    #[serde(default)]
-    errno: Vec<ErrnoRule>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Conditional {
-    names: Vec<String>,
-    args: Vec<Condition>,
-    #[allow(dead_code)]
-    reason: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Condition {
-    index: usize,
-    op: Op,
-    value: u64,
-    #[serde(default)]
-    mask: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum Op {
-    Eq,
-    Ne,
-    MaskedEq,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ErrnoRule {
-    names: Vec<String>,
-    errno: u32,
-    #[allow(dead_code)]
-    reason: String,
-}
-
-fn profile_text(name: &str) -> Option<(&'static str, &'static str)> {
+fn profile_text(name: &str) -> Option<&'static str> {
     match name {
-        "app" => Some(("app", APP_PROFILE)),
-        "fac" => Some(("fac", FAC_PROFILE)),
+        "app" => Some(APP_PROFILE),
+        "fac" => Some(FAC_PROFILE),
         _ => None,
     }
 }
 
-/// The rules of one role, flattened over `extends`.
-#[derive(Debug, Default)]
-pub struct Rules {
-    pub allow: Vec<String>,
-    pub conditional: Vec<LinuxSyscall>,
-    pub errno: Vec<LinuxSyscall>,
+fn load_rules(role: &'static str) -> Result<Rules, PolicyError> {
+    furnace_seccomp::load_rules(role, &profile_text).map_err(|e| PolicyError::SeccompData {
+        role,
+        problem: e.problem,
+    })
 }
 
-fn load_rules(role: &'static str, depth: usize) -> Result<Rules, PolicyError> {
-    let bad = |problem: String| PolicyError::SeccompData { role, problem };
-    let (_, text) = profile_text(role).ok_or_else(|| bad("no such profile".into()))?;
-    let p: Profile = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-    if p.role != role {
-        return Err(bad(format!("says role `{}`", p.role)));
-    }
-    let mut rules = match p.extends.as_deref() {
-        Some(parent) if depth < 4 => {
-            let (parent, _) = profile_text(parent)
-                .ok_or_else(|| bad(format!("extends unknown profile `{parent}`")))?;
-            load_rules(parent, depth + 1)?
-        }
-        Some(_) => return Err(bad("extends too deeply".into())),
-        None => Rules::default(),
-    };
-    rules.allow.extend(p.allow);
-    for c in p.allow_if {
-        let mut args = Vec::new();
-        for a in &c.args {
-            let arg = match (a.op, a.mask) {
-                (Op::Eq, None) => arg(a.index, LinuxSeccompOperator::ScmpCmpEq, a.value, None),
-                (Op::Ne, None) => arg(a.index, LinuxSeccompOperator::ScmpCmpNe, a.value, None),
-                (Op::MaskedEq, Some(mask)) => arg(
-                    a.index,
-                    LinuxSeccompOperator::ScmpCmpMaskedEq,
-                    a.value,
-                    Some(mask),
-                ),
-                (op, mask) => {
-                    return Err(bad(format!(
-                    "{:?}: op {op:?} with mask {mask:?} (masked_eq needs a mask, the others none)",
-                    c.names
-                )))
-                }
-            };
-            if a.index > 5 {
-                return Err(bad(format!(
-                    "{:?}: argument index {} > 5",
-                    c.names, a.index
-                )));
-            }
-            args.push(arg);
-        }
-        rules.conditional.push(syscall(
-            c.names,
-            LinuxSeccompAction::ScmpActAllow,
-            None,
-            Some(args),
-        ));
-    }
-    for e in p.errno {
-        rules.errno.push(syscall(
-            e.names,
-            LinuxSeccompAction::ScmpActErrno,
-            Some(e.errno),
-            None,
-        ));
-    }
-    Ok(rules)
-}
-
-fn arg(
-    index: usize,
-    op: LinuxSeccompOperator,
-    value: u64,
-    value_two: Option<u64>,
-) -> LinuxSeccompArg {
+fn arg(c: &Condition) -> LinuxSeccompArg {
     let b = LinuxSeccompArgBuilder::default()
-        .index(index)
-        .op(op)
-        .value(value);
-    match value_two {
-        Some(v) => b.value_two(v),
-        None => b,
+        .index(usize::from(c.index))
+        .value(c.value);
+    match c.op {
+        Op::Eq => b.op(LinuxSeccompOperator::ScmpCmpEq),
+        Op::Ne => b.op(LinuxSeccompOperator::ScmpCmpNe),
+        Op::MaskedEq { mask } => b.op(LinuxSeccompOperator::ScmpCmpMaskedEq).value_two(mask),
     }
     .build()
     .expect("every LinuxSeccompArg field has a default")
@@ -194,8 +70,8 @@ fn syscall(
 /// app list: it needs far less, and nothing more.
 pub fn rules(role: Role) -> Result<Rules, PolicyError> {
     match role {
-        Role::App | Role::Sandbox => load_rules("app", 0),
-        Role::Fac => load_rules("fac", 0),
+        Role::App | Role::Sandbox => load_rules("app"),
+        Role::Fac => load_rules("fac"),
     }
 }
 
@@ -211,8 +87,18 @@ pub fn profile(role: Role, mode: SeccompMode) -> Result<LinuxSeccomp, PolicyErro
         None,
         None,
     )];
-    syscalls.extend(rules.conditional);
-    syscalls.extend(rules.errno);
+    syscalls.extend(rules.conditional.into_iter().map(|c| {
+        let args = c.args.iter().map(arg).collect();
+        syscall(c.names, LinuxSeccompAction::ScmpActAllow, None, Some(args))
+    }));
+    syscalls.extend(rules.errno.into_iter().map(|e| {
+        syscall(
+            e.names,
+            LinuxSeccompAction::ScmpActErrno,
+            Some(e.errno),
+            None,
+        )
+    }));
     let mut s = LinuxSeccomp::default();
     match mode {
         SeccompMode::Errno => {

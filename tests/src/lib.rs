@@ -354,6 +354,18 @@ impl TestSidecar {
         furnace_api::Admin::connect(&self.admin_socket).expect("the sidecar's admin socket answers")
     }
 
+    /// The pid of the sidecar's confined worker: the supervisor's one child.
+    pub fn worker_pid(&self) -> i32 {
+        let supervisor = self.child.lock().unwrap_or_else(|p| p.into_inner()).id() as i32;
+        let children = children_of(supervisor);
+        assert_eq!(
+            children.len(),
+            1,
+            "the sidecar {supervisor} has one child, its worker: {children:?}"
+        );
+        children[0]
+    }
+
     /// Registers `app` with `permissions` (as for `furnace sidecar register`) and returns its socket.
     pub fn register(
         &self,
@@ -374,6 +386,35 @@ impl TestSidecar {
                 .socket_path,
         )
     }
+}
+
+/// The pids whose parent is `parent`, from `/proc/*/stat`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let after_comm = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        if after_comm.split_whitespace().nth(1) == Some(&parent.to_string()) {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// `/proc/<pid>/status` as key → value.
+pub fn proc_status(pid: i32) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc/<pid>/status")
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 /// A test guest with its sidecar, the fixture most API tests share.

@@ -144,6 +144,7 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
     assert_eq!(sidecar.max_event_queue, 8192);
     assert_eq!(sidecar.max_events_per_second, 5000);
     assert_eq!(sidecar.max_subscriptions, 16);
+    assert_eq!((sidecar.worker_uid, sidecar.worker_gid), (99_100, 99_100));
     // No field left at its default: compare field by field through TOML.
     let read: toml::Table = toml::to_string(&sidecar).unwrap().parse().unwrap();
     let defaults: toml::Table = toml::to_string(&default.sidecar).unwrap().parse().unwrap();

@@ -50,6 +50,10 @@ pub enum VmiError {
     #[error("gdbstub: {0}")]
     Gdb(String),
 
+    /// The sidecar's privileged helper does not do this (`crate::privsep`).
+    #[error("refused by the sidecar's helper: {0}")]
+    Refused(String),
+
     // The cause is part of the message rather than a `#[source]`, so callers
     // that print the whole chain do not repeat it.
     #[error("{context}: {cause}")]
@@ -81,6 +85,7 @@ impl VmiError {
             | VmiError::BadSnapshot { .. }
             | VmiError::BadGuestDir { .. } => ErrorCode::InvalidArgument,
             VmiError::Unsupported(_) => ErrorCode::Unsupported,
+            VmiError::Refused(_) => ErrorCode::NotPermitted,
             VmiError::Io { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound => {
                 ErrorCode::NotFound
             }

@@ -10,6 +10,7 @@ pub mod arch;
 pub mod driver;
 pub mod error;
 pub mod linux;
+pub mod privsep;
 pub mod profile;
 pub mod server;
 

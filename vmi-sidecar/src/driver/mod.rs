@@ -4,6 +4,7 @@
 //! [`VcpuRegisters`]. A snapshot has memory and nothing else.
 
 pub mod gdb;
+pub mod monitor;
 pub mod qemu;
 pub mod qmp;
 mod ram;
@@ -16,7 +17,7 @@ use crate::error::{Result, VmiError};
 /// Connects to one of QEMU's sockets in the guest directory (`name` for
 /// messages: "QMP", "gdb"). Nothing listening means QEMU is gone:
 /// [`VmiError::GuestGone`].
-fn connect_qemu_socket(
+pub(crate) fn connect_qemu_socket(
     path: &std::path::Path,
     name: &str,
 ) -> Result<std::os::unix::net::UnixStream> {
@@ -124,8 +125,8 @@ pub trait Driver: PhysicalMemory {
         None
     }
 
-    /// The guest's gdbstub socket, which breakpoint events need.
-    fn debugger_socket(&self) -> Option<std::path::PathBuf> {
+    /// The guest's gdbstub, which breakpoint events need.
+    fn debugger(&self) -> Option<&dyn gdb::DebuggerLink> {
         None
     }
 }

@@ -1,22 +1,22 @@
 //! A live QEMU guest, reached through its guest directory:
 //! - `ram`: guest RAM as a shared file (`memory-backend-file,share=on`), mapped
 //!   here so reads are memcpy, not monitor round trips;
-//! - `qmp.sock`: run state, pause/resume, vCPU registers and the memory map.
+//! - `qmp.sock`: run state, pause/resume, vCPU registers and the memory map,
+//!   through a [`Monitor`];
+//! - `gdb.sock`: the gdbstub breakpoint events need, through a [`DebuggerLink`].
 //!
-//! QEMU serves one client per QMP socket at a time, so the driver connects for
-//! each operation and lets go at once: a second tool on the same guest (the
-//! CLI beside a sidecar, a test pausing the guest) waits milliseconds, not
-//! forever. A connection costs well under a millisecond.
+//! [`QemuGuest::attach`] reaches the sockets itself, as a root tool does.
+//! A sidecar's unprivileged worker builds its guest with
+//! [`QemuGuest::from_parts`] from what the privileged helper handed it.
 
-use super::gdb::Accelerator;
-use super::qmp::QmpClient;
+use super::gdb::{Accelerator, DebuggerLink, GdbSocket};
+use super::monitor::{Monitor, MonitorCommand, MonitorControl, QmpSocket};
 use super::{
     Driver, MappedRam, RamBacked, RamRegion, Registers, RunState, VcpuRegisters, VmControl,
 };
 use crate::error::{Result, VmiError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// The memory-backend id Furnace's guests use for RAM (`-object memory-backend-file,id=pc.ram`).
 pub const RAM_BACKEND_ID: &str = "pc.ram";
@@ -24,72 +24,112 @@ pub const RAM_BACKEND_ID: &str = "pc.ram";
 pub struct QemuGuest {
     dir: PathBuf,
     ram: MappedRam,
-    qmp_socket: PathBuf,
-    /// Serializes this process's QMP operations.
-    qmp_lock: Mutex<()>,
+    monitor: Box<dyn Monitor>,
+    debugger: Box<dyn DebuggerLink>,
+    /// The QMP socket, where this process may use all of QMP (a root tool).
+    qmp: Option<QmpSocket>,
 }
 
 impl QemuGuest {
     pub fn attach(dir: &Path) -> Result<Self> {
-        let bad = |reason: String| VmiError::BadGuestDir {
-            path: dir.to_owned(),
-            reason,
-        };
-        if !dir.is_dir() {
-            return Err(bad(
-                "no such directory; start the guest with `furnace guest up NAME`".into(),
-            ));
-        }
-        let ram_path = dir.join("ram");
-        if !ram_path.is_file() {
-            return Err(bad(
-                "it has no `ram` file; was QEMU started with a shared memory-backend-file?".into(),
-            ));
-        }
+        let ram_path = checked_ram_path(dir)?;
         let qmp_socket = dir.join("qmp.sock");
-        let mtree = QmpClient::connect(&qmp_socket)?.human_monitor("info mtree -f", None)?;
-        let regions = parse_ram_regions(&mtree, RAM_BACKEND_ID);
-        if regions.is_empty() {
-            let excerpt: String = mtree.chars().take(200).collect();
-            return Err(bad(format!(
-                "QEMU's memory map has no region of the RAM backend `{RAM_BACKEND_ID}` (`info mtree -f` began {excerpt:?})"
-            )));
-        }
+        let regions = ram_regions(dir, &QmpSocket::new(&qmp_socket))?;
         let ram = MappedRam::open(&ram_path, regions, true)?;
         Ok(QemuGuest {
             dir: dir.to_owned(),
             ram,
-            qmp_socket,
-            qmp_lock: Mutex::new(()),
+            monitor: Box::new(QmpSocket::new(&qmp_socket)),
+            debugger: Box::new(GdbSocket::new(&dir.join("gdb.sock"))),
+            qmp: Some(QmpSocket::new(&qmp_socket)),
         })
+    }
+
+    /// A guest whose RAM is already mapped and whose monitor and debugger
+    /// are reached through someone else (the sidecar's helper).
+    pub fn from_parts(
+        dir: &Path,
+        ram: MappedRam,
+        monitor: Box<dyn Monitor>,
+        debugger: Box<dyn DebuggerLink>,
+    ) -> Self {
+        QemuGuest {
+            dir: dir.to_owned(),
+            ram,
+            monitor,
+            debugger,
+            qmp: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Runs a QMP command on the guest's monitor.
+    /// Runs any QMP command on the guest's monitor: only a guest attached
+    /// by [`QemuGuest::attach`] may.
     pub fn qmp_execute(&self, command: &str, arguments: Option<Value>) -> Result<Value> {
-        self.with_qmp(|qmp| qmp.execute(command, arguments))
+        self.qmp
+            .as_ref()
+            .ok_or(VmiError::Unsupported(
+                "arbitrary QMP commands through the sidecar's helper",
+            ))?
+            .execute(command, arguments)
     }
 
     /// Whether the guest runs under KVM or QEMU's translator (QMP `query-kvm`).
     pub fn accelerator(&self) -> Result<Accelerator> {
-        let kvm = self.qmp_execute("query-kvm", None)?;
+        let kvm = self.monitor.run(&MonitorCommand::QueryKvm)?;
         match kvm.get("enabled").and_then(Value::as_bool) {
             Some(true) => Ok(Accelerator::Kvm),
             Some(false) => Ok(Accelerator::Tcg),
             None => Err(VmiError::Qmp(format!("query-kvm: no `enabled` in {kvm}"))),
         }
     }
+}
 
-    fn with_qmp<T>(&self, f: impl FnOnce(&mut QmpClient) -> Result<T>) -> Result<T> {
-        // The lock guards no data, so a panic elsewhere cannot leave it inconsistent.
-        let _serialized = self
-            .qmp_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut QmpClient::connect(&self.qmp_socket)?)
+/// `dir/ram`, once `dir` is a guest directory with a RAM file.
+pub fn checked_ram_path(dir: &Path) -> Result<PathBuf> {
+    let bad = |reason: &str| VmiError::BadGuestDir {
+        path: dir.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !dir.is_dir() {
+        return Err(bad(
+            "no such directory; start the guest with `furnace guest up NAME`",
+        ));
+    }
+    let ram_path = dir.join("ram");
+    if !ram_path.is_file() {
+        return Err(bad(
+            "it has no `ram` file; was QEMU started with a shared memory-backend-file?",
+        ));
+    }
+    Ok(ram_path)
+}
+
+/// The RAM regions of guest directory `dir`, from the memory map `monitor` reports.
+pub fn ram_regions(dir: &Path, monitor: &dyn Monitor) -> Result<Vec<RamRegion>> {
+    let mtree = hmp_text(monitor, &MonitorCommand::MemoryMap)?;
+    let regions = parse_ram_regions(&mtree, RAM_BACKEND_ID);
+    if regions.is_empty() {
+        let excerpt: String = mtree.chars().take(200).collect();
+        return Err(VmiError::BadGuestDir {
+            path: dir.to_owned(),
+            reason: format!(
+                "QEMU's memory map has no region of the RAM backend `{RAM_BACKEND_ID}` (`info mtree -f` began {excerpt:?})"
+            ),
+        });
+    }
+    Ok(regions)
+}
+
+fn hmp_text(monitor: &dyn Monitor, command: &MonitorCommand) -> Result<String> {
+    match monitor.run(command)? {
+        Value::String(text) => Ok(text),
+        other => Err(VmiError::Qmp(format!(
+            "{command:?}: expected text, got {other}"
+        ))),
     }
 }
 
@@ -101,31 +141,21 @@ impl RamBacked for QemuGuest {
 
 impl VmControl for QemuGuest {
     fn pause(&self) -> Result<()> {
-        self.qmp_execute("stop", None).map(drop)
+        MonitorControl(self.monitor.as_ref()).pause()
     }
 
     fn resume(&self) -> Result<()> {
-        self.qmp_execute("cont", None).map(drop)
+        MonitorControl(self.monitor.as_ref()).resume()
     }
 
     fn run_state(&self) -> Result<RunState> {
-        let status = self.qmp_execute("query-status", None)?;
-        Ok(match status.get("status").and_then(Value::as_str) {
-            Some("running") => RunState::Running,
-            Some("paused") => RunState::Paused,
-            Some(other) => RunState::Other(other.to_owned()),
-            None => {
-                return Err(VmiError::Qmp(format!(
-                    "query-status: no status in {status}"
-                )))
-            }
-        })
+        MonitorControl(self.monitor.as_ref()).run_state()
     }
 }
 
 impl VcpuRegisters for QemuGuest {
     fn vcpu_count(&self) -> Result<u32> {
-        let cpus = self.qmp_execute("query-cpus-fast", None)?;
+        let cpus = self.monitor.run(&MonitorCommand::QueryCpusFast)?;
         let count = cpus
             .as_array()
             .ok_or_else(|| VmiError::Qmp(format!("query-cpus-fast: expected a list, got {cpus}")))?
@@ -140,8 +170,10 @@ impl VcpuRegisters for QemuGuest {
                 "vCPU {vcpu} does not exist; the guest has {count}"
             )));
         }
-        let text = self.with_qmp(|qmp| qmp.human_monitor("info registers", Some(vcpu)))?;
-        parse_registers(&text)
+        parse_registers(&hmp_text(
+            self.monitor.as_ref(),
+            &MonitorCommand::Registers { vcpu },
+        )?)
     }
 }
 
@@ -158,8 +190,8 @@ impl Driver for QemuGuest {
         Some(self)
     }
 
-    fn debugger_socket(&self) -> Option<std::path::PathBuf> {
-        Some(self.dir.join("gdb.sock"))
+    fn debugger(&self) -> Option<&dyn DebuggerLink> {
+        Some(self.debugger.as_ref())
     }
 }
 

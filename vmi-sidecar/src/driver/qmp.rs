@@ -88,7 +88,9 @@ impl QmpClient {
         }
     }
 
-    /// Runs a human-monitor command (e.g. `info registers`) and returns its text.
+    /// Runs a human-monitor command (e.g. `xp /1gx 0x1000`) and returns its
+    /// text: for root tools and benches. A sidecar's worker never holds a
+    /// `QmpClient`; its monitor commands are [`super::monitor::MonitorCommand`].
     pub fn human_monitor(&mut self, command_line: &str, cpu_index: Option<u32>) -> Result<String> {
         let mut arguments = json!({ "command-line": command_line });
         if let Some(cpu) = cpu_index {

@@ -32,13 +32,24 @@ pub struct MappedRam {
 impl MappedRam {
     /// Maps `path`. `regions` must lie inside the file; `writable` maps it
     /// shared and writable (live guests), otherwise read-only (snapshots).
-    pub fn open(path: &Path, mut regions: Vec<RamRegion>, writable: bool) -> Result<Self> {
+    pub fn open(path: &Path, regions: Vec<RamRegion>, writable: bool) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(writable)
             .open(path)
             .map_err(|e| VmiError::io(format!("opening {}", path.display()), e))?;
-        let file_len = file_len(&file, path)?;
+        Self::from_file(&file, path, regions, writable)
+    }
+
+    /// Maps `file`, opened elsewhere (read-write if `writable`); `path` names
+    /// it in errors.
+    pub fn from_file(
+        file: &File,
+        path: &Path,
+        mut regions: Vec<RamRegion>,
+        writable: bool,
+    ) -> Result<Self> {
+        let file_len = file_len(file, path)?;
         regions.sort_by_key(|r| r.guest_address);
         for pair in regions.windows(2) {
             if pair[0].end() > pair[1].guest_address {
@@ -73,9 +84,9 @@ impl MappedRam {
         let mut options = MmapOptions::new();
         options.len(file_len as usize);
         let map = if writable {
-            options.map_raw(&file)
+            options.map_raw(file)
         } else {
-            options.map_raw_read_only(&file)
+            options.map_raw_read_only(file)
         }
         .map_err(|e| VmiError::io(format!("mapping {}", path.display()), e))?;
         Ok(MappedRam {

@@ -3,7 +3,7 @@
 use super::apps::App;
 use super::ops::{invalid, OpResult};
 use super::vmi::permission_name;
-use super::{accept_loop, bind_private, connection, wake_accept, Sidecar};
+use super::{accept_loop, connection, Sidecar};
 use crate::driver::RunState;
 use furnace_api::v1::{self, Permission};
 use furnace_api::{ApiError, ErrorCode};
@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const MAX_APP_ID: usize = 64;
+use super::sockets::{valid_app_id, MAX_APP_ID};
 
 impl Sidecar {
     pub(super) fn handle_admin(
@@ -48,13 +48,7 @@ impl Sidecar {
         request: &v1::RegisterRequest,
     ) -> OpResult<v1::RegisterResponse> {
         let id = &request.app_id;
-        let valid = !id.is_empty()
-            && id.len() <= MAX_APP_ID
-            && !id.starts_with('.')
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !valid {
+        if !valid_app_id(id) {
             return Err(invalid(format!("app id {id:?} must be 1-{MAX_APP_ID} characters of [A-Za-z0-9_.-], not starting with '.'")));
         }
         let mut permissions = BTreeSet::new();
@@ -69,7 +63,7 @@ impl Sidecar {
         if permissions.is_empty() {
             permissions.insert(Permission::Read);
         }
-        let socket = self.dir.join("apps").join(format!("{id}.sock"));
+        let socket = self.sockets.path(id);
         let app = Arc::new(App::new(
             id.clone(),
             permissions,
@@ -83,9 +77,14 @@ impl Sidecar {
                 format!("app {id} is already registered"),
             ));
         }
-        let listener = match bind_private(&socket, request.uid, request.gid) {
+        let listener = match self
+            .sockets
+            .bind(id, request.uid, request.gid)
+            .and_then(|l| app.keep_listener(&l).map(|()| l))
+        {
             Ok(l) => l,
             Err(e) => {
+                self.sockets.remove(id);
                 self.apps.remove(id);
                 return Err(ApiError::new(
                     ErrorCode::Internal,
@@ -109,7 +108,7 @@ impl Sidecar {
             });
         if let Err(e) = spawned {
             self.apps.remove(id);
-            let _ = std::fs::remove_file(&socket);
+            self.sockets.remove(id);
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 format!("starting the app's accept thread: {e}"),
@@ -128,9 +127,9 @@ impl Sidecar {
             ApiError::new(ErrorCode::NotFound, format!("no app {id} is registered"))
         })?;
         app.closed.store(true, Ordering::Release);
-        // A connection wakes the accept thread, which sees `closed` and drops the listener.
-        wake_accept(&app.socket);
-        let _ = std::fs::remove_file(&app.socket);
+        // The accept thread wakes, sees `closed` and drops the listener.
+        app.wake_accept();
+        self.sockets.remove(id);
         for stream in app.connections().values() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }

@@ -5,7 +5,7 @@ use crate::error::{Result as VmiResult, VmiError};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::Permission;
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ pub struct App {
     pub(super) connections: Mutex<HashMap<u64, UnixStream>>,
     pub(super) in_flight: AtomicU32,
     pub(super) closed: AtomicBool,
+    /// A handle on the app's listener, to wake its accept thread.
+    listener: Mutex<Option<UnixListener>>,
 }
 
 impl App {
@@ -39,6 +41,19 @@ impl App {
             connections: Mutex::default(),
             in_flight: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            listener: Mutex::default(),
+        }
+    }
+
+    pub(super) fn keep_listener(&self, listener: &UnixListener) -> std::io::Result<()> {
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener.try_clone()?);
+        Ok(())
+    }
+
+    /// Wakes the accept thread (it then sees `closed` and stops).
+    pub(super) fn wake_accept(&self) {
+        if let Some(listener) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
+            super::wake_accept(listener);
         }
     }
 

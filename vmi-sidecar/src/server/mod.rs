@@ -10,17 +10,19 @@ mod events;
 mod lease;
 mod ops;
 mod reply;
+mod sockets;
 mod vmi;
 
 pub use apps::App;
 pub use furnace_config::SidecarConfig;
+pub use sockets::{valid_app_id, AppSockets, SocketDir};
 
 use crate::linux::LinuxKernel;
 use apps::Registry;
 use events::Events;
 use lease::Leases;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +32,9 @@ pub struct Sidecar {
     guest: String,
     kernel: Arc<LinuxKernel>,
     limits: SidecarConfig,
-    dir: PathBuf,
+    sockets: Arc<dyn AppSockets>,
+    admin: UnixListener,
+    admin_path: PathBuf,
     apps: Registry,
     leases: Arc<Leases>,
     events: Events,
@@ -45,31 +49,27 @@ pub struct Sidecar {
 const WATCHDOG_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Sidecar {
-    /// A sidecar for `guest`, keeping its sockets in `dir` (`admin.sock`, `apps/`).
+    /// A sidecar for `guest`, serving the admin API on `admin` (bound at
+    /// `admin_path`, root only) and binding app sockets through `sockets`.
     /// The kernel's driver must be able to pause the guest.
     pub fn new(
         guest: &str,
         kernel: LinuxKernel,
         limits: SidecarConfig,
-        dir: &Path,
+        sockets: Arc<dyn AppSockets>,
+        admin: UnixListener,
+        admin_path: &Path,
     ) -> io::Result<Arc<Self>> {
         let kernel = Arc::new(kernel);
         let control = Arc::new(apps::KernelControl(Arc::clone(&kernel)));
-        let debugger = kernel.driver().debugger_socket();
-        let events = Events::start(Arc::clone(&kernel), control, debugger, &limits)?;
-        // Traverse-only for everyone: an app's runtime bind-mounts its socket
-        // from inside the app's user namespace, as the app's host uid, which
-        // must reach `apps/<id>.sock` by path. Nobody else can list the
-        // directories, and each socket, like the guest's RAM and driver
-        // sockets, keeps its own owner-only mode.
-        std::fs::create_dir_all(dir.join("apps"))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
-        std::fs::set_permissions(dir.join("apps"), std::fs::Permissions::from_mode(0o711))?;
+        let events = Events::start(Arc::clone(&kernel), control, &limits)?;
         Ok(Arc::new(Sidecar {
             guest: guest.to_owned(),
             kernel,
             limits,
-            dir: dir.to_owned(),
+            sockets,
+            admin,
+            admin_path: admin_path.to_owned(),
             apps: Registry::default(),
             leases: Leases::start(events.gate()),
             events,
@@ -100,17 +100,17 @@ impl Sidecar {
         self.guest_gone.load(Ordering::Acquire)
     }
 
-    pub fn admin_socket(&self) -> PathBuf {
-        self.dir.join("admin.sock")
+    pub fn admin_socket(&self) -> &Path {
+        &self.admin_path
     }
 
     pub fn kernel(&self) -> &LinuxKernel {
         &self.kernel
     }
 
-    /// Binds `admin.sock` (mode 0600, root only) and serves it on a thread.
+    /// Serves the admin socket on a thread.
     pub fn serve_admin(self: &Arc<Self>) -> io::Result<()> {
-        let listener = bind_private(&self.admin_socket(), 0, 0)?;
+        let listener = self.admin.try_clone()?;
         let sidecar = Arc::clone(self);
         std::thread::Builder::new()
             .name("admin-accept".into())
@@ -136,25 +136,12 @@ impl Sidecar {
         }
         self.leases.stop();
         self.events.stop();
-        wake_accept(&self.admin_socket());
-        let _ = std::fs::remove_file(self.admin_socket());
+        wake_accept(&self.admin);
     }
 
     fn connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
-}
-
-/// Binds a unix socket only `uid:gid` may use (mode 0600), replacing a stale file.
-fn bind_private(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    Ok(listener)
 }
 
 /// Accepts until `closed()` holds. `wake_accept` unblocks a waiting `accept`.
@@ -178,7 +165,9 @@ fn accept_loop(
     }
 }
 
-/// A blocked `accept` only returns for a connection, so make one.
-fn wake_accept(path: &Path) {
-    let _ = UnixStream::connect(path);
+/// Wakes a blocked `accept` on `listener`: on a shut-down listening socket
+/// Linux fails it with EINVAL. No connection is needed, so this works where
+/// the socket's path cannot be reached.
+fn wake_accept(listener: &UnixListener) {
+    let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
 }

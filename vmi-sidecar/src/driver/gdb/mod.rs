@@ -9,8 +9,11 @@
 //! One client owns the connection (QEMU accepts one), so the sidecar's event
 //! loop holds it.
 
-mod packet;
+pub mod link;
+pub(crate) mod packet;
 mod stop;
+
+pub use link::{DebuggerLink, GdbSocket};
 
 pub use stop::{StopReason, StopReply};
 
@@ -115,7 +118,11 @@ impl GdbClient {
     /// unasked, ahead of any reply ([`GdbClient::attach_stop`]); the guest
     /// stays stopped until [`GdbClient::resume`].
     pub fn connect(path: &Path) -> Result<Self> {
-        let stream = super::connect_qemu_socket(path, "gdb")?;
+        Self::over(super::connect_qemu_socket(path, "gdb")?)
+    }
+
+    /// The same, over a connection made elsewhere ([`DebuggerLink::open`]).
+    pub fn over(stream: UnixStream) -> Result<Self> {
         stream
             .set_write_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| VmiError::io("setting gdb socket timeouts", e))?;
@@ -207,6 +214,7 @@ impl GdbClient {
                 Some(Frame::Ack(ack)) => return Ok(ack),
                 Some(Frame::Packet(payload)) => self.queued.push_back(payload),
                 Some(Frame::Corrupt) => self.write_all(b"-")?,
+                Some(Frame::Interrupt) => {} // a stub never sends one
                 None => return Err(VmiError::Gdb("no acknowledgement from the stub".into())),
             }
         }
@@ -225,6 +233,7 @@ impl GdbClient {
                     return Err(VmiError::Gdb("a packet with a bad checksum".into()))
                 }
                 Some(Frame::Ack(_)) => {} // a late ack of something already settled
+                Some(Frame::Interrupt) => {}
                 None => return Ok(None),
             }
         }

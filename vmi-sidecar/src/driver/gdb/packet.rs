@@ -38,6 +38,8 @@ pub enum Frame {
     Corrupt,
     /// An acknowledgement between packets: `+` (true) or `-` (false).
     Ack(bool),
+    /// The out-of-band `^C` (0x03) a debugger sends to stop the target.
+    Interrupt,
 }
 
 /// Longest payload accepted from a stub: QEMU's `PacketSize` is 0x1000 and
@@ -54,7 +56,7 @@ pub enum DecodeError {
 }
 
 /// Incremental decoder: feed it bytes as they arrive, take frames out.
-/// Anything outside a packet other than an ack is skipped.
+/// Anything outside a packet other than an ack or an interrupt is skipped.
 #[derive(Default)]
 pub struct Decoder {
     state: State,
@@ -83,6 +85,7 @@ impl Decoder {
                         self.body.clear();
                     }
                     b'+' | b'-' => return Ok((Some(Frame::Ack(b == b'+')), i + 1)),
+                    0x03 => return Ok((Some(Frame::Interrupt), i + 1)),
                     _ => {}
                 },
                 State::Body => {

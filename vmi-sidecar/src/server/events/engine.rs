@@ -19,7 +19,6 @@ use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, event::Detail};
 use furnace_api::{ApiError, ErrorCode};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +46,8 @@ struct Timer {
 pub struct Engine {
     hub: Arc<Hub>,
     gate: Arc<RunGate>,
-    socket: Option<PathBuf>,
+    /// Whose driver reaches the debugger.
+    kernel: Arc<LinuxKernel>,
     hold_limit: Duration,
     stopping: Arc<AtomicBool>,
     status: Arc<Status>,
@@ -66,7 +66,6 @@ pub struct EngineParts {
     pub kernel: Arc<LinuxKernel>,
     pub hub: Arc<Hub>,
     pub gate: Arc<RunGate>,
-    pub socket: Option<PathBuf>,
     pub hold_limit: Duration,
     pub stopping: Arc<AtomicBool>,
     pub status: Arc<Status>,
@@ -75,10 +74,10 @@ pub struct EngineParts {
 impl Engine {
     pub fn new(parts: EngineParts) -> Self {
         Engine {
-            decoder: Decoder::new(parts.kernel),
+            decoder: Decoder::new(Arc::clone(&parts.kernel)),
+            kernel: parts.kernel,
             hub: parts.hub,
             gate: parts.gate,
-            socket: parts.socket,
             hold_limit: parts.hold_limit,
             stopping: parts.stopping,
             status: parts.status,
@@ -216,11 +215,15 @@ impl Engine {
     }
 
     fn attach(&mut self) -> Result<()> {
-        let socket = self.socket.as_ref().ok_or(VmiError::Unsupported(
-            "breakpoint events on this guest (its driver has no debugger socket)",
-        ))?;
+        let link = self
+            .kernel
+            .driver()
+            .debugger()
+            .ok_or(VmiError::Unsupported(
+                "breakpoint events on this guest (its driver has no debugger)",
+            ))?;
         let mut gate = self.gate.lock();
-        let gdb = GdbClient::connect(socket)?;
+        let gdb = GdbClient::over(link.open()?)?;
         // QEMU stops a running guest when a debugger attaches.
         if gate.running {
             gate.running = false;
@@ -228,9 +231,6 @@ impl Engine {
         }
         gate.debugger = true;
         self.gdb = Some(gdb);
-        if let Err(e) = std::fs::write(owner_marker(socket), std::process::id().to_string()) {
-            tracing::warn!(error = %e, "could not mark the debugger as ours; a crash would leave the guest stopped");
-        }
         tracing::info!("attached to the gdbstub for events");
         Ok(())
     }
@@ -261,10 +261,11 @@ impl Engine {
     }
 
     fn forget_debugger(&mut self) {
-        if self.gdb.take().is_some() {
-            if let Some(socket) = &self.socket {
-                let _ = std::fs::remove_file(owner_marker(socket));
+        if let Some(gdb) = self.gdb.take() {
+            if let Some(link) = self.kernel.driver().debugger() {
+                link.release();
             }
+            drop(gdb);
         }
         self.parked = None;
         self.gate.lock().debugger = false;
@@ -453,15 +454,6 @@ impl Engine {
         gate.resume_wanted = false;
         Ok(())
     }
-}
-
-/// The file that says a sidecar (the pid in it) holds the guest's debugger
-/// connection, from attach to detach. Found at start, it means the last
-/// sidecar died attached ([`super::recover_stranded_guest`]).
-pub fn owner_marker(debugger_socket: &std::path::Path) -> PathBuf {
-    let mut name = debugger_socket.as_os_str().to_owned();
-    name.push(".owner");
-    PathBuf::from(name)
 }
 
 /// gdb's numbers for rsp and rip in `P`.

@@ -20,29 +20,17 @@ use furnace_api::ApiError;
 use furnace_config::SidecarConfig;
 use hub::Hub;
 use spec::Spec;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Whether the guest runs, after freeing it from a sidecar that died with
-/// the debugger attached (its owner marker is still there). Such a guest is
-/// stopped, at a breakpoint or by the lost connection, and QEMU still holds
-/// the breakpoints. A `?` on a new connection makes QEMU drop them all; then
-/// the guest may run: whatever held it died with its sidecar.
-fn recover_stranded_guest(control: &dyn VmControl, debugger: Option<&std::path::Path>) -> bool {
+/// the debugger attached ([`crate::driver::gdb::link`]).
+fn recover_stranded_guest(kernel: &LinuxKernel, control: &dyn VmControl) -> bool {
     use crate::driver::RunState;
-    if let Some(marker) = debugger.map(engine::owner_marker).filter(|m| m.exists()) {
-        tracing::warn!(marker = %marker.display(), "a previous sidecar died with the debugger attached; clearing its breakpoints and resuming the guest");
-        let freed =
-            crate::driver::gdb::GdbClient::connect(debugger.expect("the marker comes from it"))
-                .and_then(|mut gdb| gdb.stop_reason().map(drop))
-                .and_then(|()| control.resume());
-        match freed {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&marker);
-            }
-            Err(e) => tracing::error!(error = %e, "could not free the guest"),
+    if let Some(link) = kernel.driver().debugger() {
+        if let Err(e) = link.free_stranded(control) {
+            tracing::error!(error = %e, "could not free the guest from a previous sidecar's debugger");
         }
     }
     matches!(control.run_state(), Ok(RunState::Running))
@@ -68,16 +56,14 @@ pub struct Events {
 pub const MAX_EVENTS_PER_BATCH: usize = 256;
 
 impl Events {
-    /// Starts the engine thread. `control` pauses and resumes the guest;
-    /// `debugger` is its gdbstub socket, if it has one.
+    /// Starts the engine thread. `control` pauses and resumes the guest.
     pub fn start(
         kernel: Arc<LinuxKernel>,
         control: Arc<dyn VmControl>,
-        debugger: Option<PathBuf>,
         limits: &SidecarConfig,
     ) -> std::io::Result<Self> {
         let hub = Arc::new(Hub::new(limits.max_events_per_second));
-        let running = recover_stranded_guest(control.as_ref(), debugger.as_deref());
+        let running = recover_stranded_guest(&kernel, control.as_ref());
         let gate = Arc::new(RunGate::new(control, running));
         let status = Arc::new(Status::default());
         let stopping = Arc::new(AtomicBool::new(false));
@@ -85,7 +71,6 @@ impl Events {
             kernel: Arc::clone(&kernel),
             hub: Arc::clone(&hub),
             gate: Arc::clone(&gate),
-            socket: debugger,
             hold_limit: Duration::from_millis(limits.max_pause_ms.into()),
             stopping: Arc::clone(&stopping),
             status: Arc::clone(&status),
