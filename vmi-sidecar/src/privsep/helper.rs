@@ -162,11 +162,11 @@ impl Helper {
 
     fn open_debugger(self: &Arc<Self>) -> Result<OwnedFd, Reply> {
         let mut slot = self.lock_debugger();
+        // The worker runs one session at a time: one it asks anew for is
+        // one it has let go of. Its filter thread may still be winding down
+        // (and clearing the marker); wait for that before the new one writes it.
         if let Some(session) = slot.take() {
-            if !session.thread.is_finished() {
-                *slot = Some(session);
-                return Err(refused("the debugger is already open".into()));
-            }
+            let _ = session.worker_end.shutdown(std::net::Shutdown::Both);
             let _ = session.thread.join();
         }
         let stub = self.gdb.open().map_err(|e| Reply::failed(&e))?;
