@@ -30,4 +30,7 @@ pub mod fds {
     pub const ADMIN: RawFd = 5;
     pub const PROFILE: RawFd = 6;
     pub const GUEST_DIR: RawFd = 7;
+    /// This binary, which the worker is exec'd from (`/proc/self/fd/8`)
+    /// so that the worker's uid need not reach it by path.
+    pub const EXE: RawFd = 8;
 }

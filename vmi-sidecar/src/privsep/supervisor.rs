@@ -55,8 +55,15 @@ pub fn run(plan: &Plan) -> Result<i32> {
     helper.free_stranded_guest();
 
     let (ours, theirs) = Channel::pair().context("the worker's channel")?;
-    let mut worker = Command::new(std::env::current_exe().context("finding this binary")?);
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let exe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&exe)
+        .with_context(|| format!("opening {}", exe.display()))?;
+    let mut worker = Command::new(format!("/proc/self/fd/{}", fds::EXE));
     worker
+        .arg0("furnace-vmi-sidecar")
         .arg("--worker")
         .args(["--guest", &plan.guest])
         .arg("--guest-dir")
@@ -80,6 +87,7 @@ pub fn run(plan: &Plan) -> Result<i32> {
             mapping(admin.into(), fds::ADMIN),
             mapping(profile.into(), fds::PROFILE),
             mapping(guest_dir.into(), fds::GUEST_DIR),
+            mapping(exe.into(), fds::EXE),
         ])
         .context("mapping the worker's descriptors")?;
     let (uid, gid) = (plan.limits.worker_uid, plan.limits.worker_gid);

@@ -43,6 +43,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
     let admin = UnixListener::from(inherited(fds::ADMIN, "admin.sock")?);
     let mut profile_file = std::fs::File::from(inherited(fds::PROFILE, "the profile")?);
     let guest_dir = inherited(fds::GUEST_DIR, "the guest directory")?;
+    drop(inherited(fds::EXE, "this binary")?);
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
 
     let confinement = confine_self(guest_dir.as_fd()).context("confining the worker")?;
