@@ -401,11 +401,28 @@ impl Vmi {
         Ok(())
     }
 
+    /// Every process on the guest's task list; LIMIT_EXCEEDED when the
+    /// sidecar could not walk the list round to its head.
     pub fn processes(&self) -> Result<Vec<v1::Process>> {
-        Ok(self
-            .client
-            .call::<_, v1::ProcessList>("ListProcesses", &v1::Empty {})?
-            .processes)
+        let list = self.process_walk()?;
+        if list.incomplete.is_empty() {
+            return Ok(list.processes);
+        }
+        Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "the process list is incomplete ({} listed): {}; process_walk() returns the partial list",
+                list.processes.len(),
+                list.incomplete
+            ),
+        ))
+    }
+
+    /// The task list as far as the sidecar could walk it: `incomplete` says
+    /// why it stopped early, if it did, and `processes` holds those before.
+    pub fn process_walk(&self) -> Result<v1::ProcessList> {
+        self.client
+            .call::<_, v1::ProcessList>("ListProcesses", &v1::Empty {})
     }
 
     pub fn modules(&self) -> Result<Vec<v1::Module>> {

@@ -11,6 +11,9 @@ pub enum VmiError {
     #[error("guest-physical address {address:#x} (+{len} bytes) is outside guest memory")]
     BadPhysicalAddress { address: u64, len: usize },
 
+    #[error("bad guest address {address:#x}: {why}")]
+    BadVirtualAddress { address: u64, why: &'static str },
+
     #[error("virtual address {address:#x} is not mapped (page-table entry at level {level} not present, dtb {dtb:#x})")]
     NotMapped { address: u64, dtb: u64, level: u8 },
 
@@ -73,9 +76,9 @@ impl VmiError {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            VmiError::BadPhysicalAddress { .. } | VmiError::NotMapped { .. } => {
-                ErrorCode::BadAddress
-            }
+            VmiError::BadPhysicalAddress { .. }
+            | VmiError::BadVirtualAddress { .. }
+            | VmiError::NotMapped { .. } => ErrorCode::BadAddress,
             VmiError::NotFound { .. } | VmiError::KernelNotFound(_) => ErrorCode::NotFound,
             VmiError::LimitExceeded(_) => ErrorCode::LimitExceeded,
             VmiError::GuestGone(_) => ErrorCode::GuestGone,

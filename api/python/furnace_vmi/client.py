@@ -208,8 +208,23 @@ class Vmi(_Closing):
     # OS
 
     def processes(self):
-        """-> list of Process (pid, ppid, name, uid, dtb, task)"""
-        return list(self._call("ListProcesses", v1.Empty(), v1.ProcessList).processes)
+        """-> list of Process (pid, ppid, name, uid, dtb, task). Raises
+        LIMIT_EXCEEDED when the sidecar could not walk the task list round to
+        its head; process_walk() returns the partial list."""
+        processes, incomplete = self.process_walk()
+        if incomplete:
+            raise VmiError(
+                "LIMIT_EXCEEDED",
+                "the process list is incomplete (%d listed): %s; process_walk() returns the partial list"
+                % (len(processes), incomplete),
+            )
+        return processes
+
+    def process_walk(self):
+        """-> (list of Process, reason): the task list as far as the sidecar
+        could walk it; reason is "" when it went round the whole list."""
+        reply = self._call("ListProcesses", v1.Empty(), v1.ProcessList)
+        return list(reply.processes), reply.incomplete
 
     def modules(self):
         """-> list of Module (name, base, size, address)"""

@@ -161,8 +161,13 @@ impl Sidecar {
             }
             "ListProcesses" => {
                 need(Permission::Read)?;
+                let walk = self.kernel.process_walk()?;
+                if let Some(reason) = &walk.incomplete {
+                    tracing::warn!(app = %app.id, %reason, listed = walk.entries.len(), "a partial process list");
+                }
                 Ok(v1::ProcessList {
-                    processes: self.kernel.processes()?,
+                    processes: walk.entries,
+                    incomplete: walk.incomplete.unwrap_or_default(),
                 }
                 .encode_to_vec())
             }
