@@ -64,6 +64,10 @@ struct Connection {
     stream: UnixStream,
     next_stream_id: u32,
     buf: Vec<u8>,
+    /// Set by a framing error or a timeout mid-reply, after which the
+    /// stream's position is unknown: the connection is closed, and every
+    /// later call fails with UNAVAILABLE instead of reading stale bytes.
+    broken: Option<String>,
 }
 
 impl Connection {
@@ -82,12 +86,37 @@ impl Connection {
             stream,
             next_stream_id: 1,
             buf: Vec::new(),
+            broken: None,
         })
     }
 
     /// Sends one request and returns the reply's payload, borrowed from the
     /// connection's buffer until the next call.
     fn call(&mut self, service: &str, method: &str, payload: Vec<u8>) -> Result<&[u8]> {
+        if let Some(why) = &self.broken {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("this connection was closed after {why}; connect again"),
+            ));
+        }
+        let outcome = self.exchange(service, method, payload);
+        if let Err(e) = &outcome {
+            if matches!(e.code, ErrorCode::Unavailable | ErrorCode::Internal) {
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                self.broken = Some(format!("a failed exchange ({})", e.message));
+            }
+        }
+        // Re-borrow: the payload lives in `self.buf`.
+        outcome.map(|range| &self.buf[range])
+    }
+
+    /// One request and its reply; the reply's payload is `self.buf[range]`.
+    fn exchange(
+        &mut self,
+        service: &str,
+        method: &str,
+        payload: Vec<u8>,
+    ) -> Result<std::ops::Range<usize>> {
         let stream_id = self.next_stream_id;
         self.next_stream_id = self.next_stream_id.wrapping_add(2);
         let request = Request {
@@ -121,7 +150,8 @@ impl Connection {
         let reply = wire::read_payload(&mut self.stream, header.length, &mut self.buf)
             .map_err(|e| unavailable("reading the sidecar's reply", e))?;
         if let Some(payload) = ok_payload(reply) {
-            return Ok(payload);
+            // `reply` is `buf[..length]` and the payload its tail.
+            return Ok(reply.len() - payload.len()..reply.len());
         }
         let response = Response::decode(reply)
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("undecodable reply: {e}")))?;
@@ -580,5 +610,53 @@ impl BatchResults {
             v1::call_result::Value::Data(d) => Some(d),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A peer that answers the first request with a header announcing more
+    /// than a frame may hold, then stays to see what the client does.
+    #[test]
+    fn a_framing_error_closes_the_connection_so_no_later_call_reads_stale_bytes() {
+        let dir = std::env::temp_dir().join(format!("furnace-api-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("peer.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let header = wire::read_header(&mut stream).unwrap().unwrap();
+            let mut request = vec![0u8; header.length as usize];
+            stream.read_exact(&mut request).unwrap();
+            let oversized = wire::Header {
+                length: wire::MAX_PAYLOAD + 1,
+                stream_id: header.stream_id,
+                kind: TYPE_RESPONSE,
+                flags: 0,
+            };
+            stream.write_all(&oversized.encode()).unwrap();
+            stream.write_all(&[0xaa; 64]).unwrap();
+            // The client must hang up rather than send a second request.
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).unwrap();
+            rest.len()
+        });
+        let mut connection = Connection::open(&path, Duration::from_secs(5)).unwrap();
+        let first = connection.call("s", "m", Vec::new()).unwrap_err();
+        assert_eq!(first.code, ErrorCode::Internal, "{first}");
+        let second = connection.call("s", "m", Vec::new()).unwrap_err();
+        assert_eq!(second.code, ErrorCode::Unavailable, "{second}");
+        assert!(second.message.contains("closed after"), "{second}");
+        assert_eq!(
+            peer.join().unwrap(),
+            0,
+            "nothing was sent after the framing error"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,6 +8,7 @@ pub mod lifecycle;
 mod scan;
 pub mod syscall;
 mod walk;
+pub use walk::Walk;
 
 pub use kaslr::{KernelLocation, START_KERNEL_MAP};
 pub use layout::KernelLayout;

@@ -99,6 +99,10 @@ fn unknown(service: &str, method: &str) -> ApiError {
     )
 }
 
+/// The most a reply's message may take: the frame limit, less the
+/// `ttrpc.Response` prefix around it (a tag and a varint).
+pub const MAX_REPLY_PAYLOAD: usize = wire::MAX_PAYLOAD as usize - 16;
+
 /// The frame loop. Oversized frames are answered and end the connection (their
 /// bytes cannot be skipped safely); undecodable ones are answered and the
 /// connection goes on.
@@ -164,11 +168,66 @@ fn serve(
             }
         };
         let sent = match outcome {
+            Ok(()) if reply.payload_len() > MAX_REPLY_PAYLOAD => {
+                let error = ApiError::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "the reply of {} bytes would exceed the {} byte frame limit; ask for less per call",
+                        reply.payload_len(),
+                        wire::MAX_PAYLOAD
+                    ),
+                );
+                fail(&mut writer, &error)
+            }
             Ok(()) => writer.write_all(reply.frame(header.stream_id)),
             Err(error) => fail(&mut writer, &error),
         };
         if sent.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(client: &mut UnixStream, stream_id: u32) -> Response {
+        let request = Request {
+            service: "s".into(),
+            method: "m".into(),
+            ..Default::default()
+        };
+        wire::write_frame(client, stream_id, TYPE_REQUEST, &request.encode_to_vec()).unwrap();
+        let header = wire::read_header(client).unwrap().unwrap();
+        assert_eq!(header.stream_id, stream_id);
+        assert!(header.length <= wire::MAX_PAYLOAD, "{header:?}");
+        let mut buf = Vec::new();
+        Response::decode(wire::read_payload(client, header.length, &mut buf).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_reply_too_big_for_a_frame_is_an_error_and_the_connection_goes_on() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut sizes = vec![MAX_REPLY_PAYLOAD + 1, 10].into_iter();
+        let server = std::thread::spawn(move || {
+            serve(server, |_, _, _, reply| {
+                let size = sizes.next().unwrap();
+                reply.bytes_with(size, |out| -> Result<(), ApiError> {
+                    out.fill(7);
+                    Ok(())
+                })
+            })
+        });
+        let status = ask(&mut client, 1).status.expect("an error status");
+        assert_eq!(
+            ApiError::from_status(&status).code,
+            ErrorCode::LimitExceeded
+        );
+        let fine = ask(&mut client, 3);
+        assert!(fine.status.is_none());
+        assert_eq!(fine.payload.len(), 12, "a Bytes message of 10 bytes");
+        drop(client);
+        server.join().unwrap();
     }
 }

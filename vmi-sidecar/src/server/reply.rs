@@ -56,6 +56,11 @@ impl Reply {
         fill(&mut out[prefix..])
     }
 
+    /// The length of the reply's message, without the frame around it.
+    pub fn payload_len(&self) -> usize {
+        self.end - HEADROOM
+    }
+
     /// The complete response frame for `stream_id`.
     pub fn frame(&mut self, stream_id: u32) -> &[u8] {
         let payload_len = self.end - HEADROOM;

@@ -161,7 +161,8 @@ impl Sidecar {
             }
             "ListProcesses" => {
                 need(Permission::Read)?;
-                let walk = self.kernel.process_walk()?;
+                let mut walk = self.kernel.process_walk()?;
+                fit_in_one_reply(&mut walk);
                 if let Some(reason) = &walk.incomplete {
                     tracing::warn!(app = %app.id, %reason, listed = walk.entries.len(), "a partial process list");
                 }
@@ -295,5 +296,30 @@ fn encode_value(value: Option<Value>) -> Vec<u8> {
         Some(Value::Translation(t)) => t.encode_to_vec(),
         Some(Value::Symbol(s)) => s.encode_to_vec(),
         None => Vec::new(),
+    }
+}
+
+/// Cuts a process list that would not fit in one reply frame, saying so:
+/// a guest can forge a task list longer than 4 MiB of replies.
+fn fit_in_one_reply(walk: &mut crate::linux::Walk<v1::Process>) {
+    // Room for the list's own framing and the `incomplete` text.
+    let budget = super::connection::MAX_REPLY_PAYLOAD - 4096;
+    let mut used = 0;
+    let fits = walk
+        .entries
+        .iter()
+        .take_while(|p| {
+            used +=
+                p.encoded_len() + 1 + prost::encoding::encoded_len_varint(p.encoded_len() as u64);
+            used <= budget
+        })
+        .count();
+    if fits < walk.entries.len() {
+        walk.incomplete = Some(format!(
+            "the list would not fit in one {} byte reply; the first {fits} of {} are listed",
+            furnace_api::wire::MAX_PAYLOAD,
+            walk.entries.len()
+        ));
+        walk.entries.truncate(fits);
     }
 }
