@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use furnace_config::{ProviderConfig, SidecarConfig};
-use furnace_vmi::privsep::{supervisor, worker};
+use furnace_vmi::privsep::{supervisor, worker, Plan};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -74,7 +74,7 @@ fn run_supervisor(args: &Args) -> Result<i32> {
     let source = ProviderConfig::file_for(args.config.as_deref())
         .map_or_else(|| "none (the defaults)".into(), |f| f.display().to_string());
     tracing::info!(config = %source, socket_root = %socket_root.display(), "provider config");
-    supervisor::run(&supervisor::Plan {
+    supervisor::run(&Plan {
         guest: args.guest.clone(),
         guest_dir: args.guest_dir.clone(),
         profile: profile_path(args),
@@ -87,7 +87,7 @@ fn run_supervisor(args: &Args) -> Result<i32> {
 fn run_worker(args: Args) -> Result<()> {
     let limits: SidecarConfig = serde_json::from_str(args.limits.as_deref().unwrap_or("{}"))
         .context("the worker's --limits")?;
-    worker::run(worker::WorkerArgs {
+    worker::run(Plan {
         profile: profile_path(&args),
         guest: args.guest,
         guest_dir: args.guest_dir,

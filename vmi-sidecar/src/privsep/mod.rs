@@ -22,6 +22,19 @@ pub mod supervisor;
 pub mod wire;
 pub mod worker;
 
+/// What the sidecar serves, and how: the supervisor's arguments, which it
+/// passes on to the worker.
+pub struct Plan {
+    pub guest: String,
+    pub guest_dir: std::path::PathBuf,
+    pub profile: std::path::PathBuf,
+    /// `<socket_root>/guests/<guest>`: `admin.sock` and `apps/`.
+    pub socket_dir: std::path::PathBuf,
+    pub limits: crate::server::SidecarConfig,
+    /// Run the confinement check instead of serving.
+    pub confinement_check: bool,
+}
+
 /// Where the worker finds the descriptors the supervisor hands it.
 pub mod fds {
     use std::os::fd::RawFd;

@@ -2,33 +2,23 @@
 //! serves it as the helper until it exits.
 
 use super::confine::drop_privileges;
-use super::fds;
 use super::helper::Helper;
 use super::wire::Channel;
+use super::{fds, Plan};
 use crate::driver::qemu::checked_ram_path;
-use crate::server::{SidecarConfig, SocketDir};
+use crate::server::SocketDir;
 use anyhow::{Context, Result};
 use command_fds::{CommandFdExt, FdMapping};
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 /// How long a worker asked to stop gets before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
-
-pub struct Plan {
-    pub guest: String,
-    pub guest_dir: PathBuf,
-    pub profile: PathBuf,
-    pub socket_dir: PathBuf,
-    pub limits: SidecarConfig,
-    /// Run the confinement check instead of serving.
-    pub confinement_check: bool,
-}
 
 /// Runs the sidecar; returns the exit code the process should end with.
 pub fn run(plan: &Plan) -> Result<i32> {

@@ -3,29 +3,19 @@
 use super::check;
 use super::client::{HelperClient, HelperDebugger, HelperMonitor, HelperSockets};
 use super::confine::confine_self;
-use super::fds;
 use super::wire::Channel;
+use super::{fds, Plan};
 use crate::driver::qemu::{ram_regions, QemuGuest};
 use crate::driver::MappedRam;
 use crate::linux::LinuxKernel;
 use crate::profile::Profile;
-use crate::server::{Sidecar, SidecarConfig};
+use crate::server::Sidecar;
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-pub struct WorkerArgs {
-    pub guest: String,
-    pub guest_dir: PathBuf,
-    pub profile: PathBuf,
-    pub socket_dir: PathBuf,
-    pub limits: SidecarConfig,
-    pub confinement_check: bool,
-}
 
 /// Takes ownership of descriptor `fd`, which the supervisor mapped.
 fn inherited(fd: RawFd, what: &str) -> Result<OwnedFd> {
@@ -37,7 +27,7 @@ fn inherited(fd: RawFd, what: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub fn run(args: WorkerArgs) -> Result<()> {
+pub fn run(args: Plan) -> Result<()> {
     let channel = inherited(fds::CHANNEL, "the helper's channel")?;
     let ram = std::fs::File::from(inherited(fds::RAM, "guest RAM")?);
     let admin = UnixListener::from(inherited(fds::ADMIN, "admin.sock")?);
