@@ -61,6 +61,8 @@ fn pids(processes: &[Process]) -> Vec<u32> {
 
 #[test]
 fn a_task_list_cycle_that_skips_the_head_yields_the_list_up_to_it() {
+    // Each test corrupts the shared guest's task list while it runs.
+    let _turn = one_at_a_time();
     let f = fixture();
     let socket = f.sidecar.register("cycle", &[Permission::Read], 0);
     let vmi = Vmi::connect(&socket).unwrap();
@@ -113,6 +115,7 @@ fn a_task_list_cycle_that_skips_the_head_yields_the_list_up_to_it() {
 
 #[test]
 fn an_unmapped_or_wrapping_next_pointer_ends_the_list_there() {
+    let _turn = one_at_a_time();
     let f = fixture();
     let vmi = Vmi::connect(&f.sidecar.register("badnext", &[Permission::Read], 0)).unwrap();
     let kernel = kernel();
