@@ -27,6 +27,7 @@ pub mod ttrpc {
 }
 
 pub mod admin;
+pub mod batch;
 pub mod client;
 pub mod error;
 pub mod events;
