@@ -101,34 +101,7 @@ pub fn translate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    /// Sparse guest memory in 4 KiB pages, for building page tables by hand.
-    struct PageStore(Mutex<std::collections::HashMap<u64, [u8; 4096]>>);
-
-    impl PageStore {
-        fn new() -> Self {
-            PageStore(Mutex::new(Default::default()))
-        }
-        fn set_entry(&self, table: u64, index: u64, value: u64) {
-            let mut pages = self.0.lock().unwrap();
-            let page = pages.entry(table).or_insert([0; 4096]);
-            page[(index * 8) as usize..][..8].copy_from_slice(&value.to_le_bytes());
-        }
-    }
-
-    impl PhysicalMemory for PageStore {
-        fn physical_size(&self) -> u64 {
-            1 << 40
-        }
-        fn read_physical(&self, address: u64, buf: &mut [u8]) -> Result<()> {
-            let pages = self.0.lock().unwrap();
-            let page = pages.get(&(address & !0xfff)).copied().unwrap_or([0; 4096]);
-            let at = (address & 0xfff) as usize;
-            buf.copy_from_slice(&page[at..at + buf.len()]);
-            Ok(())
-        }
-    }
+    use crate::arch::page_store::PageStore;
 
     fn idx(address: u64, level: u32) -> u64 {
         (address >> (12 + 9 * (level - 1))) & 0x1ff
@@ -136,7 +109,7 @@ mod tests {
 
     #[test]
     fn four_level_walk_with_4k_2m_and_1g_pages() {
-        let mem = PageStore::new();
+        let mem = PageStore::new(1 << 40);
         let (pml4, pdpt, pd, pt) = (0x1000, 0x2000, 0x3000, 0x4000);
         let va_4k = 0xffff_8880_0020_1234u64;
         mem.set_entry(pml4, idx(va_4k, 4), pdpt | 3);
@@ -177,7 +150,7 @@ mod tests {
 
     #[test]
     fn five_level_walk_uses_bits_56_to_48() {
-        let mem = PageStore::new();
+        let mem = PageStore::new(1 << 40);
         let (pml5, pml4, pdpt, pd, pt) = (0x10000, 0x11000, 0x12000, 0x13000, 0x14000);
         let va = 0xff11_2233_4455_6677u64;
         mem.set_entry(pml5, idx(va, 5), pml4 | 1);
@@ -196,7 +169,7 @@ mod tests {
 
     #[test]
     fn a_missing_entry_names_its_level() {
-        let mem = PageStore::new();
+        let mem = PageStore::new(1 << 40);
         mem.set_entry(0x1000, 0, 0x2000 | 1);
         let err = translate(&mem, 0x1000, PagingMode::FourLevel, 0x1000).unwrap_err();
         assert!(

@@ -2,3 +2,5 @@
 
 pub mod amd64;
 pub mod emulate;
+#[cfg(test)]
+pub(crate) mod page_store;

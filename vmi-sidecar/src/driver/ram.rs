@@ -50,6 +50,15 @@ impl MappedRam {
         writable: bool,
     ) -> Result<Self> {
         let file_len = file_len(file, path)?;
+        if let Some(r) = regions
+            .iter()
+            .find(|r| r.guest_address.checked_add(r.len).is_none())
+        {
+            return Err(VmiError::BadSnapshot {
+                path: path.to_owned(),
+                reason: format!("guest memory region {r:?} runs past the end of the address space"),
+            });
+        }
         regions.sort_by_key(|r| r.guest_address);
         for pair in regions.windows(2) {
             if pair[0].end() > pair[1].guest_address {

@@ -1,7 +1,7 @@
 //! Who is running on a vCPU: the per-cpu `current_task`, reached through the
 //! vCPU's `gs_base`, and what `ps` would say about it.
 
-use super::LinuxKernel;
+use super::{field, LinuxKernel};
 use crate::driver::Registers;
 use crate::error::Result;
 use crate::profile::Profile;
@@ -29,27 +29,29 @@ const CR3_FRAME: u64 = 0x000f_ffff_ffff_f000;
 pub fn current_task_offset(p: &Profile) -> Result<u64> {
     match p.symbol("current_task") {
         Ok(offset) => Ok(offset),
-        Err(_) => Ok(p.symbol("pcpu_hot")? + p.member_offset("pcpu_hot", "current_task")?),
+        Err(_) => Ok(p
+            .symbol("pcpu_hot")?
+            .wrapping_add(p.member_offset("pcpu_hot", "current_task")?)),
     }
 }
 
 impl LinuxKernel {
     /// The `task_struct` address a vCPU is running, given [`current_task_offset`].
     pub fn current_task(&self, current_task_offset: u64, vcpu: &Registers) -> Result<u64> {
-        self.read_kernel_u64(vcpu.gs_base + current_task_offset)
+        self.read_kernel_u64(field(vcpu.gs_base, current_task_offset)?)
     }
 
     /// Identifies `task`, which `vcpu` is running.
     pub fn caller(&self, task: u64, vcpu: &Registers) -> Result<Caller> {
         let l = &self.layout;
-        let cred = self.read_kernel_u64(task + l.task_real_cred)?;
-        let parent = self.read_kernel_u64(task + l.task_real_parent)?;
+        let cred = self.read_kernel_u64(field(task, l.task_real_cred)?)?;
+        let parent = self.read_kernel_u64(field(task, l.task_real_parent)?)?;
         Ok(Caller {
-            pid: self.read_kernel_u32(task + l.task_tgid)?,
-            tid: self.read_kernel_u32(task + l.task_pid)?,
-            ppid: self.read_kernel_u32(parent + l.task_tgid)?,
-            uid: self.read_kernel_u32(cred + l.cred_uid)?,
-            comm: self.read_kernel_cstring(task + l.task_comm, TASK_COMM_LEN)?,
+            pid: self.read_kernel_u32(field(task, l.task_tgid)?)?,
+            tid: self.read_kernel_u32(field(task, l.task_pid)?)?,
+            ppid: self.read_kernel_u32(field(parent, l.task_tgid)?)?,
+            uid: self.read_kernel_u32(field(cred, l.cred_uid)?)?,
+            comm: self.read_kernel_cstring(field(task, l.task_comm)?, TASK_COMM_LEN)?,
             dtb: vcpu.cr3 & CR3_FRAME,
         })
     }

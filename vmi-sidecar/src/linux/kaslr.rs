@@ -46,8 +46,9 @@ impl KernelLocation {
     }
 }
 
-/// Confirms the guest runs the kernel the profile describes, by its banner.
-pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<()> {
+/// Confirms the guest runs the kernel the profile describes, by its banner,
+/// and returns that banner.
+pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<Vec<u8>> {
     let expected = profile.banner().ok_or_else(|| VmiError::BadProfile {
         path: profile.path().to_owned(),
         reason: "it carries no linux_banner data; rebuild it with `furnace profile build`".into(),
@@ -58,12 +59,14 @@ pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<()
         Ok(false)
     })?;
     if found_exact {
-        return Ok(());
+        return Ok(expected);
     }
     let mut found = None;
     scan_physical(memory, b"Linux version ", |at| {
         let mut line = [0u8; 256];
-        let n = line.len().min((memory.physical_size() - at) as usize);
+        let n = line
+            .len()
+            .min(memory.physical_size().saturating_sub(at) as usize);
         memory.read_physical(at, &mut line[..n])?;
         let end = line[..n]
             .iter()
@@ -93,11 +96,28 @@ pub fn check_banner(memory: &dyn PhysicalMemory, profile: &Profile) -> Result<()
     }
 }
 
+/// Finds the running kernel. With a vCPU's registers (a live guest) it
+/// looks only where the live page tables map the kernel image, which guest
+/// users cannot touch; otherwise (a snapshot) it scans for the idle task's
+/// name. Either way a candidate must pass every check of [`try_candidate`],
+/// the live CR3's translation and the banner among them.
 pub fn locate(
     memory: &dyn PhysicalMemory,
     layout: &KernelLayout,
     registers: Option<&Registers>,
+    banner: &[u8],
 ) -> Result<KernelLocation> {
+    let check = Check {
+        memory,
+        layout,
+        registers,
+        banner,
+    };
+    if let Some(registers) = registers {
+        if let Some(location) = check.through_cr3(registers) {
+            return Ok(location);
+        }
+    }
     let mut candidates = 0usize;
     let mut located = None;
     let mut last_reason =
@@ -110,7 +130,7 @@ pub fn locate(
         let Some(task) = hit.checked_sub(layout.task_comm) else {
             return Ok(true);
         };
-        match try_candidate(memory, layout, registers, task) {
+        match check.candidate(task) {
             Ok(location) => {
                 located = Some(location);
                 Ok(false)
@@ -128,31 +148,85 @@ pub fn locate(
     })
 }
 
+/// KASLR moves the kernel image in steps of `CONFIG_PHYSICAL_ALIGN`, 2 MiB
+/// or a multiple of it.
+const KASLR_ALIGN: u64 = 2 << 20;
+
+struct Check<'a> {
+    memory: &'a dyn PhysicalMemory,
+    layout: &'a KernelLayout,
+    registers: Option<&'a Registers>,
+    banner: &'a [u8],
+}
+
+impl Check<'_> {
+    /// Tries each possible KASLR shift of `init_task` through the page
+    /// tables the vCPU runs on: at most 512 translations, and a guest user
+    /// cannot make any of them land on memory of theirs.
+    fn through_cr3(&self, registers: &Registers) -> Option<KernelLocation> {
+        let mode = PagingMode::from_cr4(registers.cr4);
+        (0..MAX_VIRTUAL_SHIFT / KASLR_ALIGN).find_map(|step| {
+            let relocated = self
+                .layout
+                .symbols
+                .init_task
+                .wrapping_add(step * KASLR_ALIGN);
+            kernel_roots(registers).into_iter().find_map(|root| {
+                let task = amd64::translate(self.memory, root, mode, relocated).ok()?;
+                self.candidate(task.physical).ok()
+            })
+        })
+    }
+
+    fn candidate(&self, task: u64) -> std::result::Result<KernelLocation, String> {
+        try_candidate(self.memory, self.layout, self.registers, task, self.banner)
+    }
+}
+
+/// The page-table roots a vCPU's CR3 stands for: its own and, when bit 12
+/// is set, the kernel half of a page-table-isolation pair, which a vCPU in
+/// user mode does not run on (the user half maps almost none of the kernel).
+fn kernel_roots(registers: &Registers) -> Vec<u64> {
+    let root = amd64::dtb_from_cr3(registers.cr3);
+    let mut roots = vec![root];
+    if root & PTI_USER_BIT != 0 {
+        roots.push(root & !PTI_USER_BIT);
+    }
+    roots
+}
+
+const PTI_USER_BIT: u64 = 1 << 12;
+
 fn try_candidate(
     memory: &dyn PhysicalMemory,
     layout: &KernelLayout,
     registers: Option<&Registers>,
     task: u64,
+    banner: &[u8],
 ) -> std::result::Result<KernelLocation, String> {
-    let read_u64 = |at: u64| -> std::result::Result<u64, String> {
+    // `task` is a hit in guest memory; the offsets come from the profile.
+    let read_u64 = |offset: u64| -> std::result::Result<u64, String> {
+        let at = task
+            .checked_add(offset)
+            .ok_or_else(|| format!("offset {offset:#x} from {task:#x} overflows"))?;
         let mut b = [0u8; 8];
         memory
             .read_physical(at, &mut b)
             .map_err(|e| e.to_string())?;
         Ok(u64::from_le_bytes(b))
     };
-    let pid = read_u64(task + layout.task_pid)? as u32;
+    let pid = read_u64(layout.task_pid)? as u32;
     if pid != 0 {
         return Err(format!("pid is {pid}, not 0"));
     }
     let symbols = &layout.symbols;
-    let next = read_u64(task + layout.task_tasks + layout.list_next)?;
-    let prev = read_u64(task + layout.task_tasks + layout.list_prev)?;
-    let active_mm = read_u64(task + layout.task_active_mm)?;
+    let next = read_u64(layout.task_tasks.wrapping_add(layout.list_next))?;
+    let prev = read_u64(layout.task_tasks.wrapping_add(layout.list_prev))?;
+    let active_mm = read_u64(layout.task_active_mm)?;
     if active_mm == symbols.init_mm && next == prev {
         return Err("an unrelocated copy of the kernel image, not the running kernel".into());
     }
-    let virtual_shift = read_u64(task + layout.task_files)?.wrapping_sub(symbols.init_files);
+    let virtual_shift = read_u64(layout.task_files)?.wrapping_sub(symbols.init_files);
     if virtual_shift >= MAX_VIRTUAL_SHIFT || virtual_shift & 0xfff != 0 {
         return Err(format!("implausible virtual shift {virtual_shift:#x}"));
     }
@@ -192,5 +266,35 @@ fn try_candidate(
             through_page_tables.physical
         ));
     }
+    // Page tables and a task a guest user sprayed into their own memory can
+    // agree with each other; they cannot agree with the vCPU's CR3.
+    if let Some(registers) = registers {
+        let mode = PagingMode::from_cr4(registers.cr4);
+        let live = kernel_roots(registers)
+            .into_iter()
+            .filter_map(|root| amd64::translate(memory, root, mode, relocated).ok())
+            .any(|t| t.physical == task);
+        if !live {
+            return Err("the vCPU's page tables (CR3) do not map init_task here".into());
+        }
+    }
+    let banner_at = amd64::translate(
+        memory,
+        location.dtb,
+        location.paging_mode,
+        symbols.linux_banner.wrapping_add(virtual_shift),
+    )
+    .map_err(|e| format!("kernel page tables do not map linux_banner: {e}"))?;
+    let mut found = vec![0u8; banner.len()];
+    memory
+        .read_physical(banner_at.physical, &mut found)
+        .map_err(|e| format!("linux_banner unreadable: {e}"))?;
+    if found != banner {
+        return Err("linux_banner there is not the profile's banner".into());
+    }
     Ok(location)
 }
+
+#[cfg(test)]
+#[path = "kaslr_tests.rs"]
+mod tests;

@@ -99,9 +99,9 @@ impl ModuleLayout {
             // 6.4+: `struct module_memory mem[MOD_MEM_NUM_TYPES]`, MOD_TEXT = 0.
             (
                 p.member_path_offset("module", "mem")?
-                    + p.member_offset("module_memory", "base")?,
+                    .wrapping_add(p.member_offset("module_memory", "base")?),
                 p.member_path_offset("module", "mem")?
-                    + p.member_offset("module_memory", "size")?,
+                    .wrapping_add(p.member_offset("module_memory", "size")?),
             )
         };
         Ok(ModuleLayout {

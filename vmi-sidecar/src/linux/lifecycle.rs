@@ -4,7 +4,7 @@
 
 use super::current::{current_task_offset, Caller};
 use super::syscall::PATH_MAX;
-use super::LinuxKernel;
+use super::{field, LinuxKernel};
 use crate::driver::Registers;
 use crate::error::Result;
 
@@ -46,7 +46,7 @@ impl LinuxKernel {
     /// Decodes a vCPU stopped at `begin_new_exec`.
     pub fn exec(&self, layout: &LifecycleLayout, vcpu: &Registers) -> Result<Exec> {
         let bprm = vcpu.gpr[5]; // rdi
-        let filename = self.read_kernel_u64(bprm + layout.bprm_filename)?;
+        let filename = self.read_kernel_u64(field(bprm, layout.bprm_filename)?)?;
         Ok(Exec {
             filename: self.read_kernel_cstring(filename, PATH_MAX)?,
             caller: self.caller(self.current_task(layout.current_task, vcpu)?, vcpu)?,

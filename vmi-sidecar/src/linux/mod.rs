@@ -31,12 +31,12 @@ impl LinuxKernel {
     /// finds where that kernel sits in memory.
     pub fn attach(driver: Box<dyn Driver>, profile: Profile) -> Result<Self> {
         let layout = KernelLayout::from_profile(&profile)?;
-        kaslr::check_banner(driver.as_ref(), &profile)?;
+        let banner = kaslr::check_banner(driver.as_ref(), &profile)?;
         let registers = match driver.vcpu_registers() {
             Some(regs) => Some(regs.registers(0)?),
             None => None,
         };
-        let location = kaslr::locate(driver.as_ref(), &layout, registers.as_ref())?;
+        let location = kaslr::locate(driver.as_ref(), &layout, registers.as_ref(), &banner)?;
         tracing::debug!(
             virtual_shift = format_args!("{:#x}", location.virtual_shift),
             physical_shift = format_args!("{:#x}", location.physical_shift),
@@ -48,6 +48,21 @@ impl LinuxKernel {
             driver,
             profile,
             layout,
+            location,
+        })
+    }
+
+    /// The kernel at a location found before (by [`LinuxKernel::attach`] of
+    /// the same boot), without looking for it again.
+    pub fn at_location(
+        driver: Box<dyn Driver>,
+        profile: Profile,
+        location: KernelLocation,
+    ) -> Result<Self> {
+        Ok(LinuxKernel {
+            layout: KernelLayout::from_profile(&profile)?,
+            driver,
+            profile,
             location,
         })
     }
@@ -172,5 +187,18 @@ impl LinuxKernel {
     pub fn banner(&self) -> Result<String> {
         let text = self.read_kernel_cstring(self.symbol_address("linux_banner")?, 512)?;
         Ok(text.trim_end().to_owned())
+    }
+}
+
+/// `base + offset` for a field of a guest object: a base read from the
+/// guest that would overflow is a bad address, not a wrapped one.
+pub(crate) fn field(base: u64, offset: u64) -> Result<u64> {
+    base.checked_add(offset).ok_or_else(|| bad_address(base))
+}
+
+pub(crate) fn bad_address(address: u64) -> VmiError {
+    VmiError::BadVirtualAddress {
+        address,
+        why: "a field offset from it overflows the address space",
     }
 }

@@ -5,7 +5,7 @@
 //! The caller is the per-cpu current task ([`super::current`]).
 
 use super::current::{current_task_offset, Caller};
-use super::LinuxKernel;
+use super::{field, LinuxKernel};
 use crate::driver::Registers;
 use crate::error::{Result, VmiError};
 
@@ -126,10 +126,10 @@ impl LinuxKernel {
 
     fn decode_enter(&self, layout: &SyscallLayout, vcpu: &Registers) -> Result<SyscallEnter> {
         let pt_regs = vcpu.gpr[5]; // rdi
-        let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;
+        let number = self.read_kernel_u64(field(pt_regs, layout.orig_ax)?)?;
         let mut arguments = [0u64; 6];
         for (value, offset) in arguments.iter_mut().zip(layout.arguments) {
-            *value = self.read_kernel_u64(pt_regs + offset)?;
+            *value = self.read_kernel_u64(field(pt_regs, offset)?)?;
         }
         Ok(SyscallEnter {
             number,
@@ -146,11 +146,11 @@ impl LinuxKernel {
         ))?;
         expect_at(vcpu, exit, "syscall_exit_to_user_mode")?;
         let pt_regs = vcpu.gpr[5];
-        let number = self.read_kernel_u64(pt_regs + layout.orig_ax)?;
+        let number = self.read_kernel_u64(field(pt_regs, layout.orig_ax)?)?;
         Ok(SyscallExit {
             number,
             name: syscall_name(number),
-            value: self.read_kernel_u64(pt_regs + layout.ax)? as i64,
+            value: self.read_kernel_u64(field(pt_regs, layout.ax)?)? as i64,
             caller: self.caller(self.current_task(layout.current_task, vcpu)?, vcpu)?,
         })
     }
@@ -162,14 +162,16 @@ impl LinuxKernel {
         let meta = self
             .symbol_address(&format!("__syscall_meta__{name}"))
             .ok()?;
-        let count = self.read_kernel_u32(meta + m.nb_args).ok()? as usize;
+        let count = self.read_kernel_u32(field(meta, m.nb_args).ok()?).ok()? as usize;
         if count > 6 {
             return None;
         }
-        let types = self.read_kernel_u64(meta + m.types).ok()?;
-        let names = self.read_kernel_u64(meta + m.args).ok()?;
+        let types = self.read_kernel_u64(field(meta, m.types).ok()?).ok()?;
+        let names = self.read_kernel_u64(field(meta, m.args).ok()?).ok()?;
         let string_at = |array: u64, i: usize| -> Option<String> {
-            let pointer = self.read_kernel_u64(array + 8 * i as u64).ok()?;
+            let pointer = self
+                .read_kernel_u64(field(array, 8 * i as u64).ok()?)
+                .ok()?;
             self.read_kernel_cstring(pointer, METADATA_STRING_MAX).ok()
         };
         let arguments = (0..count)

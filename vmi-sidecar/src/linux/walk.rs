@@ -1,6 +1,6 @@
 //! Walks of kernel lists: the task list (processes) and the module list.
 
-use super::LinuxKernel;
+use super::{bad_address, field, LinuxKernel};
 use crate::error::{Result, VmiError};
 use furnace_api::{Module, Process};
 use std::time::{Duration, Instant};
@@ -196,19 +196,6 @@ impl LinuxKernel {
                 .collect(),
             incomplete,
         })
-    }
-}
-
-/// `base + offset` for a field of a guest object: a base read from the
-/// guest that would overflow is a bad address, not a wrapped one.
-fn field(base: u64, offset: u64) -> Result<u64> {
-    base.checked_add(offset).ok_or_else(|| bad_address(base))
-}
-
-fn bad_address(address: u64) -> VmiError {
-    VmiError::BadVirtualAddress {
-        address,
-        why: "a field offset from it overflows the address space",
     }
 }
 

@@ -10,6 +10,9 @@ use isf::{Isf, TypeRef, UserType};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// How many structs a member lookup may look into through anonymous members.
+const MAX_ANONYMOUS_VISITS: u32 = 256;
+
 /// A loaded ISF profile: symbol addresses (link-time, before KASLR) and type
 /// layouts.
 pub struct Profile {
@@ -102,7 +105,7 @@ impl Profile {
     /// Byte offset of `member` in `structure`, looking through anonymous
     /// structs and unions the way C does.
     pub fn member_offset(&self, structure: &str, member: &str) -> Result<u64> {
-        self.find_member(structure, member, 0)
+        self.find_member(structure, member)
             .map(|(offset, _)| offset)
             .ok_or_else(|| VmiError::NotFound {
                 what: "struct member",
@@ -112,19 +115,28 @@ impl Profile {
 
     /// Offset and type of `member` in `structure`.
     pub fn member(&self, structure: &str, member: &str) -> Result<(u64, &TypeRef)> {
-        self.find_member(structure, member, 0)
+        self.find_member(structure, member)
             .ok_or_else(|| VmiError::NotFound {
                 what: "struct member",
                 name: format!("{structure}.{member}"),
             })
     }
 
-    fn find_member(&self, structure: &str, member: &str, depth: u32) -> Option<(u64, &TypeRef)> {
-        // Anonymous nesting in the kernel is a few levels deep; the bound only
-        // guards against a malformed, self-referencing profile.
-        if depth > 16 {
-            return None;
-        }
+    fn find_member(&self, structure: &str, member: &str) -> Option<(u64, &TypeRef)> {
+        // Anonymous nesting in the kernel is a few levels deep and a few
+        // structs wide; the budget only guards against a malformed profile
+        // whose anonymous members refer back to their own struct.
+        let mut budget = MAX_ANONYMOUS_VISITS;
+        self.find_member_within(structure, member, &mut budget)
+    }
+
+    fn find_member_within(
+        &self,
+        structure: &str,
+        member: &str,
+        budget: &mut u32,
+    ) -> Option<(u64, &TypeRef)> {
+        *budget = budget.checked_sub(1)?;
         let fields = &self.isf.user_types.get(structure)?.fields;
         if let Some(field) = fields.get(member).filter(|f| !f.anonymous) {
             return Some((field.offset, &field.type_));
@@ -134,8 +146,8 @@ impl Profile {
             .filter(|f| f.anonymous)
             .find_map(|f| match &f.type_ {
                 TypeRef::Struct { name } | TypeRef::Union { name } => self
-                    .find_member(name, member, depth + 1)
-                    .map(|(offset, ty)| (f.offset + offset, ty)),
+                    .find_member_within(name, member, budget)
+                    .map(|(offset, ty)| (f.offset.wrapping_add(offset), ty)),
                 _ => None,
             })
     }
@@ -147,7 +159,7 @@ impl Profile {
         let mut parts = path.split('.').peekable();
         while let Some(part) = parts.next() {
             let (offset, ty) = self.member(&current, part)?;
-            total += offset;
+            total = offset.wrapping_add(total);
             if parts.peek().is_some() {
                 current = match ty {
                     TypeRef::Struct { name } | TypeRef::Union { name } => name.clone(),
@@ -164,7 +176,7 @@ impl Profile {
     }
 
     pub fn has_member(&self, structure: &str, member: &str) -> bool {
-        self.find_member(structure, member, 0).is_some()
+        self.find_member(structure, member).is_some()
     }
 
     pub fn enum_constants(&self, name: &str) -> Option<&BTreeMap<String, i64>> {

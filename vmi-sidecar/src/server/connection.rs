@@ -9,7 +9,7 @@ use furnace_api::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
 use furnace_api::{ApiError, ErrorCode, ADMIN_SERVICE, VMI_SERVICE};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use prost::Message;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,17 +103,26 @@ fn unknown(service: &str, method: &str) -> ApiError {
 /// `ttrpc.Response` prefix around it (a tag and a varint).
 pub const MAX_REPLY_PAYLOAD: usize = wire::MAX_PAYLOAD as usize - 16;
 
-/// The frame loop. Oversized frames are answered and end the connection (their
-/// bytes cannot be skipped safely); undecodable ones are answered and the
-/// connection goes on.
+/// The frame loop over a connected socket: see [`serve_frames`].
 fn serve(
     stream: UnixStream,
-    mut handle: impl FnMut(&str, &str, &[u8], &mut Reply) -> Result<(), ApiError>,
+    handle: impl FnMut(&str, &str, &[u8], &mut Reply) -> Result<(), ApiError>,
 ) {
-    let Ok(mut writer) = stream.try_clone() else {
+    let Ok(writer) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    serve_frames(BufReader::with_capacity(64 << 10, stream), writer, handle);
+}
+
+/// Reads request frames from `reader` until it ends or fails, hands each
+/// decoded request to `handle` and writes the reply frame to `writer`.
+/// Oversized frames are answered and end the connection (their bytes cannot
+/// be skipped safely); undecodable ones are answered and the connection goes on.
+pub fn serve_frames(
+    mut reader: impl Read,
+    mut writer: impl Write,
+    mut handle: impl FnMut(&str, &str, &[u8], &mut Reply) -> Result<(), ApiError>,
+) {
     let mut payload = Vec::new();
     let mut reply = Reply::default();
     loop {
@@ -121,13 +130,13 @@ fn serve(
             Ok(Some(h)) => h,
             Ok(None) | Err(_) => return,
         };
-        let fail = |writer: &mut UnixStream, error: &ApiError| {
+        let fail = |mut writer: &mut dyn Write, error: &ApiError| {
             let response = Response {
                 status: Some(error.to_status()),
                 payload: Vec::new(),
             };
             wire::write_frame(
-                writer,
+                &mut writer,
                 header.stream_id,
                 TYPE_RESPONSE,
                 &response.encode_to_vec(),

@@ -13,6 +13,14 @@ mod reply;
 mod sockets;
 mod vmi;
 
+/// The decoders of what apps send, for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub mod decoders {
+    pub use super::batch::{run as run_batch, validate as validate_batch};
+    pub use super::connection::serve_frames;
+    pub use super::reply::Reply;
+}
+
 pub use apps::App;
 pub use furnace_config::SidecarConfig;
 pub use sockets::{valid_app_id, AppSockets, SocketDir};
