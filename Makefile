@@ -6,7 +6,7 @@ BIN_DIR    := $(CURDIR)/target/release
 SHIM_DIR   := $(CURDIR)/target/furnace-shim
 FURNACE    := $(BIN_DIR)/furnace
 
-.PHONY: demo test deps build kernel images bench install lint fmt clean
+.PHONY: demo test deps build kernel images bench fuzz install lint fmt clean
 
 demo:
 	bash scripts/demo.sh
@@ -36,6 +36,10 @@ images: build
 bench: build kernel images
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
 
+# Every fuzz target for FUZZ_SECONDS each (`make test` runs it too); longer: FUZZ_SECONDS=600 make fuzz.
+fuzz: deps
+	bash scripts/fuzz.sh
+
 # Puts the binaries on PATH (PREFIX=/usr/local by default).
 PREFIX ?= /usr/local
 install: build
@@ -45,6 +49,7 @@ install: build
 # --release shares build scripts and proc macros with `make build`.
 lint: deps
 	$(CARGO) fmt --all -- --check
+	cd fuzz && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 fmt:

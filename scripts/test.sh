@@ -17,10 +17,15 @@ status=0
 cargo test --release --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 # The Python SDK's own tests; Debian's python3 carries python3-protobuf.
 /usr/bin/python3 -m unittest discover -s api/python/tests -v 2>&1 | tee -a "$log" || status=$?
-# Totals over cargo's "test result:" lines and unittest's per-test "... ok" lines.
+# Every fuzz target for a bounded time, and every regression input once.
+bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
+# Totals over cargo's "test result:" lines, unittest's per-test "... ok" lines
+# and fuzz.sh's line per target.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      / \.\.\. ok$/ && /^test_/ { p++ }
      / \.\.\. (FAIL|ERROR)$/ && /^test_/ { f++ }
+     /^fuzz [a-z_]+: [0-9]+ runs/ { p++ }
+     /^fuzz [a-z_]+: (FAILED|a regression)/ { f++ }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
 exit "$status"

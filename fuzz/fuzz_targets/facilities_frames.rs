@@ -17,13 +17,16 @@ const FRAME_LIMIT: usize = 1 << 20;
 fuzz_target!(|data: &[u8]| {
     let app_key = PrivateKey([7; 32]);
     let backend_key = PrivateKey([9; 32]);
-    let Ok((app, upstream)) = AppHandshake::start(&app_key, &public_of(&backend_key)) else {
+    let Ok((app, _)) = AppHandshake::start(&app_key, &public_of(&backend_key)) else {
         return;
     };
+    // The backend's end of the session the last good Hello opened, which
+    // is deterministic in the input, unlike the app's ephemeral key.
+    let mut upstream: Option<Channel> = None;
     let mut stream = Cursor::new(data);
     for _ in 0..64 {
         match frame::read(&mut stream, FRAME_LIMIT) {
-            Ok(Some(body)) => open(&body, &app, &upstream, &backend_key),
+            Ok(Some(body)) => open(&body, &app, &mut upstream, &backend_key),
             Ok(None) => break,
             Err(FrameError::Undecodable(_) | FrameError::Empty) => continue,
             Err(_) => break,
@@ -31,19 +34,22 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn open(body: &Body, app: &AppHandshake, upstream: &Channel, backend_key: &PrivateKey) {
+fn open(body: &Body, app: &AppHandshake, upstream: &mut Option<Channel>, backend_key: &PrivateKey) {
     match body {
         Body::Hello(hello) => {
-            if let Ok((handshake, _)) = BackendHandshake::read_hello(backend_key, &hello.noise) {
+            if let Ok((handshake, channel)) =
+                BackendHandshake::read_hello(backend_key, &hello.noise)
+            {
                 let _ = handshake.welcome(backend_key);
+                *upstream = Some(channel);
             }
         }
         Body::Welcome(welcome) => {
             let _ = app.finish(&welcome.noise);
         }
         Body::Sealed(sealed) => {
-            if let Ok(kind) = Kind::try_from(sealed.kind) {
-                let _ = upstream.open(sealed.seq, kind, sealed.request_id, &sealed.ciphertext);
+            if let (Ok(kind), Some(channel)) = (Kind::try_from(sealed.kind), upstream.as_ref()) {
+                let _ = channel.open(sealed.seq, kind, sealed.request_id, &sealed.ciphertext);
             }
         }
         _ => {}
