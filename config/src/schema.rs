@@ -205,6 +205,12 @@ pub struct SidecarConfig {
     pub max_events_per_second: u32,
     /// Event subscriptions one app may hold.
     pub max_subscriptions: u32,
+    /// Undelivered events one app's subscriptions may keep, in bytes as
+    /// they would go on the wire; past it, events are dropped and counted.
+    pub max_event_bytes_per_app: ByteSize,
+    /// The same over every app of the sidecar, so many apps together
+    /// cannot grow its memory without bound either.
+    pub max_event_bytes: ByteSize,
     /// The host uid and gid of the sidecar's worker, the process that parses
     /// guest memory and serves the apps. Give it ids no account and no
     /// partition uses.
@@ -310,6 +316,8 @@ impl Default for SidecarConfig {
             max_event_queue: 65_536,
             max_events_per_second: 20_000,
             max_subscriptions: 64,
+            max_event_bytes_per_app: ByteSize::mib(16),
+            max_event_bytes: ByteSize::mib(64),
             worker_uid: 99_000,
             worker_gid: 99_000,
         }

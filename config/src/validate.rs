@@ -158,6 +158,26 @@ impl SidecarConfig {
                 "lower sidecar.default_event_queue or raise sidecar.max_event_queue",
             ));
         }
+        if self.max_event_bytes_per_app.bytes() < 64 << 10 {
+            return Err(ConfigError::invalid(
+                "sidecar.max_event_bytes_per_app",
+                format!(
+                    "{} cannot hold even a few events with long paths",
+                    self.max_event_bytes_per_app
+                ),
+                "use at least \"64Ki\"; the default is \"16Mi\"",
+            ));
+        }
+        if self.max_event_bytes < self.max_event_bytes_per_app {
+            return Err(ConfigError::invalid(
+                "sidecar.max_event_bytes",
+                format!(
+                    "{} is less than sidecar.max_event_bytes_per_app = {}",
+                    self.max_event_bytes, self.max_event_bytes_per_app
+                ),
+                "raise sidecar.max_event_bytes (default \"64Mi\") or lower the per-app budget",
+            ));
+        }
         for (key, id) in [
             ("sidecar.worker_uid", self.worker_uid),
             ("sidecar.worker_gid", self.worker_gid),

@@ -3,7 +3,7 @@
 #![no_main]
 
 use furnace_api::v1::BatchRequest;
-use furnace_fuzz::{kernel, RepeatingMemory};
+use furnace_fuzz::kernel;
 use furnace_vmi::server::decoders::{run_batch, validate_batch};
 use furnace_vmi::server::SidecarConfig;
 use libfuzzer_sys::fuzz_target;
@@ -25,9 +25,9 @@ fuzz_target!(|data: &[u8]| {
     if validate_batch(&batch.calls, &limits).is_err() {
         return;
     }
-    let Some(memory) = RepeatingMemory::new(memory) else {
+    let Some(kernel) = kernel(memory, false) else {
         return;
     };
-    let response = run_batch(&kernel(memory, false), &limits, &batch.calls);
+    let response = run_batch(&kernel, &limits, &batch.calls);
     assert!(response.results.len() <= batch.calls.len());
 });

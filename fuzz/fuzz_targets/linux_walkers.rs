@@ -4,17 +4,16 @@
 //! hang or an allocation out of proportion.
 #![no_main]
 
-use furnace_fuzz::{kernel, registers, take_words, RepeatingMemory};
+use furnace_fuzz::{kernel, registers, take_words};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((words, memory)) = take_words::<8>(data) else {
         return;
     };
-    let Some(memory) = RepeatingMemory::new(memory) else {
+    let Some(kernel) = kernel(memory, words[7] & 1 == 1) else {
         return;
     };
-    let kernel = kernel(memory, words[7] & 1 == 1);
     if let Ok(walk) = kernel.process_walk() {
         assert!(walk.entries.len() <= 1 << 22, "the walk is bounded");
     }

@@ -123,7 +123,7 @@ fn main() -> Result<()> {
             (r.file_offset + (a - r.guest_address)) as usize
         })
         .collect();
-    let bytes = mem.ram().file_bytes();
+    let ram = mem.ram();
     let driver: &dyn Driver = &mem;
     let mut buf = [0u8; PAGE as usize];
     // Fault in every page of the mapping first, so neither row pays first-touch faults.
@@ -136,7 +136,7 @@ fn main() -> Result<()> {
     let mut same = 0;
     for (&a, &o) in phys_addrs.iter().zip(&file_offsets).take(100) {
         driver.read_physical(a, &mut buf)?;
-        check.copy_from_slice(&bytes[o..o + PAGE as usize]);
+        ram.read_file(o, &mut check)?;
         same += usize::from(buf == check);
     }
     // Alternate the two rows for a few rounds and keep each row's median
@@ -148,7 +148,7 @@ fn main() -> Result<()> {
             black_box(&buf);
         }));
         copy_rounds.push(measure(&file_offsets, |&o| {
-            buf.copy_from_slice(&bytes[o..o + PAGE as usize]);
+            ram.read_file(o, &mut buf).expect("backed page");
             black_box(&buf);
         }));
     }

@@ -4,7 +4,7 @@
 //! it, every value as written rather than a default. A misspelt key is
 //! refused by each of them, naming the key and the file. No guest needed.
 
-use furnace_config::{MaxLimits, ProviderConfig, SeccompMode};
+use furnace_config::{ByteSize, MaxLimits, ProviderConfig, SeccompMode};
 use furnace_tests::{bin_dir, furnace_bin};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -144,6 +144,8 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
     assert_eq!(sidecar.max_event_queue, 8192);
     assert_eq!(sidecar.max_events_per_second, 5000);
     assert_eq!(sidecar.max_subscriptions, 16);
+    assert_eq!(sidecar.max_event_bytes_per_app, ByteSize::mib(8));
+    assert_eq!(sidecar.max_event_bytes, ByteSize::mib(32));
     assert_eq!((sidecar.worker_uid, sidecar.worker_gid), (99_100, 99_100));
     // No field left at its default: compare field by field through TOML.
     let read: toml::Table = toml::to_string(&sidecar).unwrap().parse().unwrap();

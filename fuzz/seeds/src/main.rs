@@ -3,8 +3,6 @@
 //! decoder: a batch that walks the task list, a real Noise handshake, an
 //! ELF core with the kernel banner in it.
 
-mod guest;
-
 use furnace_api::fac::v1::{frame::Body, Hello, Kind, Sealed, Welcome};
 use furnace_api::facilities::frame;
 use furnace_api::facilities::keys::public_of;
@@ -14,12 +12,11 @@ use furnace_api::ttrpc::Request;
 use furnace_api::v1::{call::Op, BatchRequest, MemberOffsetRequest};
 use furnace_api::wire::{self, TYPE_REQUEST, TYPE_RESPONSE};
 use furnace_api::{Batch, VMI_SERVICE};
+use furnace_vmi::linux::test_image::{self, Image, PROFILE_JSON};
 use furnace_vmi::profile::Profile;
 use prost::Message;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// The fuzz crate's profile fixture, which its targets load too.
-const PROFILE: &[u8] = include_bytes!("../../fixtures/profile.json");
 /// The keys `facilities_frames` opens with.
 const APP_KEY: [u8; 32] = [7; 32];
 const BACKEND_KEY: [u8; 32] = [9; 32];
@@ -30,9 +27,8 @@ fn main() {
             .nth(1)
             .expect("usage: furnace-fuzz-seeds DIR"),
     );
-    let profile =
-        Profile::from_json(Path::new("profile.json"), PROFILE).expect("the fixture loads");
-    let image = guest::Image::build(&profile);
+    let profile = test_image::profile();
+    let image = Image::build(&profile);
     let write = |target: &str, name: &str, bytes: &[u8]| {
         let target = dir.join(target);
         std::fs::create_dir_all(&target).expect("create the seed directory");
@@ -45,7 +41,7 @@ fn main() {
     write("linux_walkers", "two-tasks", &walker_input(image.bytes()));
     write("snapshot", "raw", image.bytes());
     write("snapshot", "elf-core", &elf_core(image.bytes()));
-    write("isf_profile", "debian-6.1", PROFILE);
+    write("isf_profile", "debian-6.1", PROFILE_JSON);
     write("facilities_frames", "session", &facilities_session());
     write("annotations", "app", ANNOTATIONS.as_bytes());
     write(

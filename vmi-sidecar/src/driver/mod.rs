@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod qemu;
 pub mod qmp;
 mod ram;
+mod shrink_guard;
 pub mod snapshot;
 
 pub use ram::{MappedRam, RamRegion};

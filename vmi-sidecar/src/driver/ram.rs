@@ -1,7 +1,13 @@
 //! A file holding guest RAM (QEMU's shared `memory-backend-file`, a raw
 //! `pmemsave` dump, or the body of a `dump-guest-memory` ELF), mapped once and
 //! addressed through a table of guest-physical regions.
+//!
+//! The guest writes this memory while we read it, so no Rust reference ever
+//! points into it: reads and writes copy through raw pointers, and callers
+//! only see their own buffers. A file that shrinks under the mapping fails
+//! calls with GUEST_GONE instead of killing the process ([`ShrinkGuard`]).
 
+use super::shrink_guard::ShrinkGuard;
 use crate::error::{Result, VmiError};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::File;
@@ -23,6 +29,8 @@ impl RamRegion {
 }
 
 pub struct MappedRam {
+    /// Declared before `map`, so it stops watching before the unmap.
+    guard: ShrinkGuard,
     map: MmapRaw,
     /// Sorted by `guest_address`, non-overlapping, each inside the file.
     regions: Vec<RamRegion>,
@@ -99,6 +107,7 @@ impl MappedRam {
         }
         .map_err(|e| VmiError::io(format!("mapping {}", path.display()), e))?;
         Ok(MappedRam {
+            guard: ShrinkGuard::watch(map.as_ptr(), map.len())?,
             map,
             regions,
             writable,
@@ -122,13 +131,27 @@ impl MappedRam {
         &self.regions
     }
 
-    /// The whole mapped file, for scanning. Guest memory changes underneath a
-    /// live mapping, so callers must treat what they find as a hint to verify.
-    pub fn file_bytes(&self) -> &[u8] {
-        // SAFETY: the mapping lives as long as `self` and is at least readable.
-        // Concurrent writes by the guest can change bytes under us; no Rust
-        // invariant depends on their value.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    /// Copies the mapped file's bytes at `offset` into `buf`, bypassing the
+    /// region table: the floor `read_physical` is measured against.
+    pub fn read_file(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        if offset
+            .checked_add(buf.len())
+            .is_none_or(|end| end > self.map.len())
+        {
+            return Err(VmiError::InvalidArgument(format!(
+                "file bytes {offset:#x}+{:#x} lie outside the mapping",
+                buf.len()
+            )));
+        }
+        // SAFETY: the range was checked against the mapping just above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        }
+        self.guard.check()
     }
 
     /// Locates `[address, address+len)`, which must fit inside one region.
@@ -199,7 +222,8 @@ impl super::PhysicalMemory for MappedRam {
             unsafe {
                 std::ptr::copy_nonoverlapping(base.add(file_offset), buf.as_mut_ptr().add(at), len)
             }
-        })
+        })?;
+        self.guard.check()
     }
 
     fn write_physical(&self, address: u64, data: &[u8]) -> Result<()> {
@@ -212,7 +236,8 @@ impl super::PhysicalMemory for MappedRam {
             unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr().add(at), base.add(file_offset), len)
             }
-        })
+        })?;
+        self.guard.check()
     }
 }
 
@@ -305,5 +330,31 @@ mod tests {
             ram.write_physical(0, &[1]),
             Err(VmiError::Unsupported(_))
         ));
+    }
+
+    /// The kernel raises a real SIGBUS here: the file is cut to one page
+    /// while three are mapped.
+    #[test]
+    fn a_file_that_shrinks_under_the_mapping_fails_reads_with_guest_gone() {
+        let file = ram_file(&[0xa5u8; 0x3000]);
+        let ram = MappedRam::open_flat(file.path(), true).unwrap();
+        let other = ram_file(&[0x5au8; 0x1000]);
+        let untouched = MappedRam::open_flat(other.path(), false).unwrap();
+        let mut buf = [0u8; 16];
+        ram.read_physical(0x2000, &mut buf).unwrap();
+        assert_eq!(buf, [0xa5; 16]);
+
+        file.as_file().set_len(0x1000).unwrap();
+        let err = ram.read_physical(0x2000, &mut buf).unwrap_err();
+        assert!(matches!(err, VmiError::GuestGone(_)), "{err}");
+        let err = ram.write_physical(0x2fe0, &[1; 16]).unwrap_err();
+        assert!(matches!(err, VmiError::GuestGone(_)), "{err}");
+        let err = ram.read_physical(0, &mut buf).unwrap_err();
+        assert!(
+            matches!(err, VmiError::GuestGone(_)),
+            "the mapping stays gone: {err}"
+        );
+        untouched.read_physical(0, &mut buf).unwrap();
+        assert_eq!(buf, [0x5a; 16], "another mapping is unaffected");
     }
 }

@@ -7,8 +7,12 @@ mod layout;
 pub mod lifecycle;
 mod scan;
 pub mod syscall;
+/// A hand-built guest image for unit tests and the fuzz seeds.
+#[cfg(any(test, feature = "test-image"))]
+#[doc(hidden)]
+pub mod test_image;
 mod walk;
-pub use walk::Walk;
+pub use walk::{AddressSpaces, Walk};
 
 pub use kaslr::{KernelLocation, START_KERNEL_MAP};
 pub use layout::KernelLayout;

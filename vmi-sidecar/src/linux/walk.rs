@@ -3,6 +3,7 @@
 use super::{bad_address, field, LinuxKernel};
 use crate::error::{Result, VmiError};
 use furnace_api::{Module, Process};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Upper bounds on list walks, so a corrupted or hostile list cannot make a
@@ -31,6 +32,28 @@ impl<T> Walk<T> {
         match self.incomplete {
             None => Ok(self.entries),
             Some(reason) => Err(VmiError::LimitExceeded(reason)),
+        }
+    }
+}
+
+/// Page-table roots by pid, as one walk of the task list found them.
+#[derive(Debug, Clone)]
+pub struct AddressSpaces {
+    dtb_by_pid: HashMap<u32, u64>,
+}
+
+impl AddressSpaces {
+    /// The page-table root of process `pid`; kernel threads have none.
+    pub fn dtb(&self, pid: u32) -> Result<u64> {
+        match self.dtb_by_pid.get(&pid) {
+            None => Err(VmiError::NotFound {
+                what: "process",
+                name: pid.to_string(),
+            }),
+            Some(0) => Err(VmiError::InvalidArgument(format!(
+                "process {pid} is a kernel thread and has no user address space"
+            ))),
+            Some(&dtb) => Ok(dtb),
         }
     }
 }
@@ -86,12 +109,18 @@ impl LinuxKernel {
 
     /// The page-table root of process `pid`; kernel threads have none.
     pub fn process_dtb(&self, pid: u32) -> Result<u64> {
-        match self.process(pid)?.dtb {
-            0 => Err(VmiError::InvalidArgument(format!(
-                "process {pid} is a kernel thread and has no user address space"
-            ))),
-            dtb => Ok(dtb),
+        self.address_spaces()?.dtb(pid)
+    }
+
+    /// Every process's page-table root, from one walk of the task list, for
+    /// callers that look up many.
+    pub fn address_spaces(&self) -> Result<AddressSpaces> {
+        let mut dtb_by_pid = HashMap::new();
+        // A pid listed twice (a corrupted list) resolves as `process` does: first wins.
+        for p in self.processes()? {
+            dtb_by_pid.entry(p.pid).or_insert(p.dtb);
         }
+        Ok(AddressSpaces { dtb_by_pid })
     }
 
     fn process_at(&self, task: u64) -> Result<Process> {

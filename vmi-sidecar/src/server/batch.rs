@@ -1,7 +1,7 @@
 //! Linked batches: validated as a whole before anything runs, then executed in
 //! order, each call's links applied from the results before it.
 
-use super::ops::{execute, invalid, OpResult};
+use super::ops::{execute, invalid, Dtbs, OpResult};
 use crate::linux::LinuxKernel;
 use furnace_api::v1::{
     call::Op, call_result::Value, BatchResponse, Call, CallResult, LinkOp, LinkTarget,
@@ -79,13 +79,14 @@ pub fn run(kernel: &LinuxKernel, limits: &SidecarConfig, calls: &[Call]) -> Batc
     let mut results: Vec<CallResult> = Vec::with_capacity(calls.len());
     let mut integers: Vec<Option<u64>> = Vec::with_capacity(calls.len());
     let mut bytes = 0usize;
+    let mut dtbs = Dtbs::default();
     for (index, call) in calls.iter().enumerate() {
         let mut op = call.op.clone().expect("validated");
         for link in &call.links {
             let value = integers[link.source as usize].expect("validated: sources yield integers");
             apply_link(&mut op, link.target, link.op, value);
         }
-        let outcome = execute(kernel, limits, &op).and_then(|result| {
+        let outcome = execute(kernel, limits, &mut dtbs, &op).and_then(|result| {
             bytes += result_size(&result);
             if bytes > RESULT_BUDGET {
                 return Err(ApiError::new(
@@ -341,5 +342,47 @@ mod tests {
             unreachable!()
         };
         assert_eq!(r.space.unwrap().pid, 42);
+    }
+
+    /// One walk of the task list serves every pid-scoped call of a batch:
+    /// the reads of init_task's `tasks.next` are the same for one call and
+    /// for fifty. Each call reads through pid 1's own page-table root.
+    #[test]
+    fn pid_scoped_calls_in_one_batch_walk_the_task_list_once() {
+        use crate::arch::amd64::PagingMode;
+        use crate::linux::test_image::{kernel_over, profile, Image, ImageMemory};
+        use furnace_api::v1::{call_result::Value, AddressSpace};
+
+        let profile = profile();
+        let banner = profile.banner().unwrap();
+        let layout = crate::linux::KernelLayout::from_profile(&profile).unwrap();
+        let mut memory = ImageMemory::new(Image::build(&profile).bytes().to_vec()).unwrap();
+        let head = Image::physical(layout.symbols.init_task + layout.task_tasks);
+        let walks = memory.watch(head);
+        let kernel = kernel_over(Box::new(memory), PagingMode::FourLevel);
+        let in_pid_1 = |_| Call {
+            op: Some(Op::ReadInteger(ReadIntegerRequest {
+                address: layout.symbols.linux_banner,
+                width: 8,
+                space: Some(AddressSpace { pid: 1 }),
+            })),
+            links: vec![],
+        };
+        let limits = SidecarConfig::default();
+        let mut reads = Vec::new();
+        for calls in [1, 50] {
+            let before = walks.load(std::sync::atomic::Ordering::Relaxed);
+            let batch: Vec<Call> = (0..calls).map(in_pid_1).collect();
+            let response = run(&kernel, &limits, &batch);
+            assert_eq!(response.error, None);
+            assert_eq!(response.results.len(), calls);
+            for result in &response.results {
+                let expected = u64::from_le_bytes(banner[..8].try_into().unwrap());
+                assert_eq!(result.value, Some(Value::Integer(expected)));
+            }
+            reads.push(walks.load(std::sync::atomic::Ordering::Relaxed) - before);
+        }
+        assert!(reads[0] > 0, "the walk starts at init_task");
+        assert_eq!(reads[0], reads[1], "reads of the list head: {reads:?}");
     }
 }

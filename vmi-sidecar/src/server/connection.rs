@@ -11,7 +11,8 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use prost::Message;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 pub fn spawn(f: impl FnOnce() + Send + 'static) {
@@ -62,33 +63,66 @@ pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
             Err(_) => return,
         };
     }
+    let _held = ConnectionHolds { sidecar, app, id };
     serve(stream, |service, method, payload, reply| {
         if service != VMI_SERVICE {
             return Err(unknown(service, method));
         }
-        let in_flight = app.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        let result = if in_flight > sidecar.limits.max_in_flight {
-            Err(ApiError::new(
+        let call = InFlight::enter(&app.in_flight);
+        if call.count > sidecar.limits.max_in_flight {
+            return Err(ApiError::new(
                 ErrorCode::LimitExceeded,
                 format!(
                     "more than {} calls in flight for this app",
                     sidecar.limits.max_in_flight
                 ),
-            ))
-        } else {
-            sidecar.handle_vmi(app, id, method, payload, reply)
-        };
-        app.in_flight.fetch_sub(1, Ordering::AcqRel);
-        result
+            ));
+        }
+        sidecar.handle_vmi(app, id, method, payload, reply)
     });
-    app.connections().remove(&id);
-    let released = sidecar.leases.release_where(|h| h.connection == id);
-    if released > 0 {
-        tracing::info!(app = %app.id, released, "connection closed; its pause leases ended");
+}
+
+/// What one app connection holds: its slot, pause leases and event
+/// subscriptions (and through them, breakpoints and held events). Dropped
+/// on every way out of [`serve_app`], an unwinding panic included.
+struct ConnectionHolds<'a> {
+    sidecar: &'a Sidecar,
+    app: &'a App,
+    id: u64,
+}
+
+impl Drop for ConnectionHolds<'_> {
+    fn drop(&mut self) {
+        let (sidecar, app, id) = (self.sidecar, self.app, self.id);
+        app.connections().remove(&id);
+        let released = sidecar.leases.release_where(|h| h.connection == id);
+        if released > 0 {
+            tracing::info!(app = %app.id, released, "connection closed; its pause leases ended");
+        }
+        let ended = sidecar.events.remove_where(|o| o.connection == id);
+        if ended > 0 {
+            tracing::info!(app = %app.id, ended, "connection closed; its event subscriptions ended");
+        }
     }
-    let ended = sidecar.events.remove_where(|o| o.connection == id);
-    if ended > 0 {
-        tracing::info!(app = %app.id, ended, "connection closed; its event subscriptions ended");
+}
+
+/// One call counted in an app's `in_flight` for as long as this lives.
+struct InFlight<'a> {
+    counter: &'a AtomicU32,
+    /// The calls in flight, this one included.
+    count: u32,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU32) -> Self {
+        let count = counter.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        InFlight { counter, count }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -118,6 +152,8 @@ fn serve(
 /// decoded request to `handle` and writes the reply frame to `writer`.
 /// Oversized frames are answered and end the connection (their bytes cannot
 /// be skipped safely); undecodable ones are answered and the connection goes on.
+/// A handler that panics has its call answered INTERNAL and ends the
+/// connection, whose state it may have left half-changed.
 pub fn serve_frames(
     mut reader: impl Read,
     mut writer: impl Write,
@@ -164,12 +200,31 @@ pub fn serve_frames(
             ))
         } else {
             match Request::decode(request) {
-                Ok(request) => handle(
-                    &request.service,
-                    &request.method,
-                    &request.payload,
-                    &mut reply,
-                ),
+                Ok(request) => {
+                    let call = AssertUnwindSafe(|| {
+                        handle(
+                            &request.service,
+                            &request.method,
+                            &request.payload,
+                            &mut reply,
+                        )
+                    });
+                    match std::panic::catch_unwind(call) {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            tracing::error!(method = %request.method, "a call panicked; its connection is closed");
+                            let error = ApiError::new(
+                                ErrorCode::Internal,
+                                format!(
+                                    "the sidecar failed while handling {}; this connection is closed",
+                                    request.method
+                                ),
+                            );
+                            let _ = fail(&mut writer, &error);
+                            return;
+                        }
+                    }
+                }
                 Err(e) => Err(ApiError::new(
                     ErrorCode::InvalidArgument,
                     format!("not a ttrpc request: {e}"),
@@ -238,5 +293,36 @@ mod tests {
         assert_eq!(fine.payload.len(), 12, "a Bytes message of 10 bytes");
         drop(client);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_call_that_panics_is_answered_internal_and_ends_the_connection() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            serve(server, |_, _, _, _| -> Result<(), ApiError> {
+                panic!("a bug in a handler")
+            })
+        });
+        let status = ask(&mut client, 1).status.expect("an error status");
+        let error = ApiError::from_status(&status);
+        assert_eq!(error.code, ErrorCode::Internal, "{error}");
+        assert!(error.message.contains("connection is closed"), "{error}");
+        server.join().expect("the panic stays inside the call");
+        assert!(
+            wire::read_header(&mut client).unwrap().is_none(),
+            "the sidecar hung up"
+        );
+    }
+
+    #[test]
+    fn an_in_flight_call_is_uncounted_even_when_it_unwinds() {
+        let counter = AtomicU32::new(0);
+        let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let call = InFlight::enter(&counter);
+            assert_eq!(call.count, 1);
+            panic!("a bug mid-call");
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(counter.load(Ordering::Acquire), 0);
     }
 }

@@ -2,7 +2,7 @@
 //! batch entries share this one implementation.
 
 use crate::error::VmiError;
-use crate::linux::LinuxKernel;
+use crate::linux::{AddressSpaces, LinuxKernel};
 use furnace_api::v1::{
     call::Op, call_result::Value, AddressSpace, CallResult, Symbol, Translation,
 };
@@ -17,8 +17,43 @@ impl From<VmiError> for ApiError {
     }
 }
 
+/// Page-table roots for the calls of one request. The first call scoped to
+/// a process walks the task list once; the rest of the request looks the
+/// pid up in what that walk found, so a batch of pid-scoped calls costs one
+/// walk, not one each. A process that exits mid-batch keeps its root until
+/// the batch ends, as it would have between a walk and a read anyway.
+#[derive(Default)]
+pub struct Dtbs {
+    walked: Option<OpResult<AddressSpaces>>,
+}
+
+impl Dtbs {
+    /// The root of `space`: the kernel's for none or pid 0.
+    pub fn of(&mut self, kernel: &LinuxKernel, space: Option<&AddressSpace>) -> OpResult<u64> {
+        match space.map_or(0, |s| s.pid) {
+            0 => Ok(kernel.kernel_dtb()),
+            pid => self.of_pid(kernel, pid),
+        }
+    }
+
+    pub fn of_pid(&mut self, kernel: &LinuxKernel, pid: u32) -> OpResult<u64> {
+        let spaces = self
+            .walked
+            .get_or_insert_with(|| kernel.address_spaces().map_err(ApiError::from));
+        match spaces {
+            Ok(spaces) => Ok(spaces.dtb(pid)?),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
 /// Runs one batchable call.
-pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResult<CallResult> {
+pub fn execute(
+    kernel: &LinuxKernel,
+    limits: &SidecarConfig,
+    dtbs: &mut Dtbs,
+    op: &Op,
+) -> OpResult<CallResult> {
     let value = match op {
         Op::ReadPhysical(r) => {
             let mut buf = sized_buffer(limits, r.size)?;
@@ -27,7 +62,7 @@ pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResul
         }
         Op::ReadVirtual(r) => {
             let mut buf = sized_buffer(limits, r.size)?;
-            kernel.read_virtual(dtb(kernel, r.space.as_ref())?, r.address, &mut buf)?;
+            kernel.read_virtual(dtbs.of(kernel, r.space.as_ref())?, r.address, &mut buf)?;
             Value::Data(buf)
         }
         Op::ReadSymbol(r) => {
@@ -45,7 +80,7 @@ pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResul
             }
             let mut bytes = [0u8; 8];
             kernel.read_virtual(
-                dtb(kernel, r.space.as_ref())?,
+                dtbs.of(kernel, r.space.as_ref())?,
                 r.address,
                 &mut bytes[..r.width as usize],
             )?;
@@ -53,7 +88,7 @@ pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResul
         }
         Op::ReadString(r) => {
             let max = sized_buffer(limits, r.max_length)?.len();
-            Value::Text(kernel.read_cstring(dtb(kernel, r.space.as_ref())?, r.address, max)?)
+            Value::Text(kernel.read_cstring(dtbs.of(kernel, r.space.as_ref())?, r.address, max)?)
         }
         Op::TranslateKernel(r) => Value::Translation(translation(
             r.address,
@@ -61,7 +96,7 @@ pub fn execute(kernel: &LinuxKernel, limits: &SidecarConfig, op: &Op) -> OpResul
         )),
         Op::TranslateUser(r) => Value::Translation(translation(
             r.address,
-            kernel.user_to_physical(r.pid, r.address)?,
+            kernel.translate(dtbs.of_pid(kernel, r.pid)?, r.address)?,
         )),
         Op::SymbolAddress(r) => Value::Symbol(Symbol {
             name: r.name.clone(),
@@ -92,13 +127,6 @@ pub fn check_read_size(limits: &SidecarConfig, size: u64) -> OpResult<()> {
         ));
     }
     Ok(())
-}
-
-pub fn dtb(kernel: &LinuxKernel, space: Option<&AddressSpace>) -> OpResult<u64> {
-    match space.map_or(0, |s| s.pid) {
-        0 => Ok(kernel.kernel_dtb()),
-        pid => Ok(kernel.process_dtb(pid)?),
-    }
 }
 
 fn translation(address: u64, t: crate::arch::amd64::Translation) -> Translation {

@@ -3,7 +3,7 @@
 use super::apps::App;
 use super::events::{registers_message, Owner};
 use super::lease::Holder;
-use super::ops::{check_read_size, execute, invalid, OpResult};
+use super::ops::{check_read_size, execute, invalid, Dtbs, OpResult};
 use super::reply::Reply;
 use super::{batch, Sidecar};
 use furnace_api::v1::{self, call::Op, call_result::Value, Permission};
@@ -53,7 +53,7 @@ impl Sidecar {
             "ReadVirtual" => {
                 let r: v1::ReadVirtualRequest = decode(payload)?;
                 check_read_size(&self.limits, r.size)?;
-                let dtb = super::ops::dtb(&self.kernel, r.space.as_ref())?;
+                let dtb = Dtbs::default().of(&self.kernel, r.space.as_ref())?;
                 Ok(reply.bytes_with(r.size as usize, |out| {
                     self.kernel.read_virtual(dtb, r.address, out)
                 })?)
@@ -88,7 +88,7 @@ impl Sidecar {
         let unary = |op: Op| -> OpResult<Vec<u8>> {
             need(Permission::Read)?;
             Ok(encode_value(
-                execute(&self.kernel, &self.limits, &op)?.value,
+                execute(&self.kernel, &self.limits, &mut Dtbs::default(), &op)?.value,
             ))
         };
         match method {
@@ -109,7 +109,7 @@ impl Sidecar {
                 need(Permission::Write)?;
                 let r: v1::WriteVirtualRequest = decode(payload)?;
                 self.check_write_size(r.data.len())?;
-                let dtb = super::ops::dtb(&self.kernel, r.space.as_ref())?;
+                let dtb = Dtbs::default().of(&self.kernel, r.space.as_ref())?;
                 self.write_virtual(dtb, r.address, &r.data)?;
                 Ok(v1::Empty {}.encode_to_vec())
             }

@@ -19,6 +19,7 @@ use crate::linux::LinuxKernel;
 use furnace_api::v1::{self, event::Detail};
 use furnace_api::{ApiError, ErrorCode};
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -91,7 +92,12 @@ impl Engine {
 
     pub fn run(mut self) {
         while !self.stopping.load(Ordering::Acquire) {
-            match self.turn() {
+            let turn = std::panic::catch_unwind(AssertUnwindSafe(|| self.turn()));
+            let Ok(turn) = turn else {
+                self.give_up_after_panic();
+                return;
+            };
+            match turn {
                 Ok(()) => {}
                 Err(VmiError::GuestGone(reason)) => {
                     tracing::error!(%reason, "the guest is gone; events end");
@@ -110,6 +116,34 @@ impl Engine {
         }
         if let Err(e) = self.detach() {
             tracing::error!(error = %e, "removing the event breakpoints at shutdown failed");
+        }
+    }
+
+    /// A turn panicked, so what the engine believes about breakpoints and
+    /// the guest may be wrong. Removes what it can, lets the guest run, and
+    /// fails every subscription; if even that fails, the debugger is dropped
+    /// unreleased, and the one who holds it clears what is left
+    /// ([`crate::driver::gdb::link`]).
+    fn give_up_after_panic(&mut self) {
+        tracing::error!("the event loop panicked; events end, and their breakpoints are removed");
+        self.hub.fail(ApiError::new(
+            ErrorCode::Internal,
+            "the sidecar's event loop failed; events are unavailable until the sidecar restarts",
+        ));
+        let detached = std::panic::catch_unwind(AssertUnwindSafe(|| self.detach()));
+        if !matches!(detached, Ok(Ok(()))) {
+            tracing::error!("could not remove the event breakpoints after the panic; leaving them to the debugger's owner");
+            self.gdb = None;
+            self.installed.clear();
+            self.parked = None;
+            self.status.breakpoints.store(0, Ordering::Release);
+            let mut gate = self.gate.lock();
+            gate.debugger = false;
+            if !gate.leased && !gate.running && self.gate.control().resume().is_ok() {
+                gate.running = true;
+            }
+            gate.engine_stopped = false;
+            gate.resume_wanted = false;
         }
     }
 

@@ -1,10 +1,13 @@
 //! Subscriptions and their queues. The engine delivers hits here; apps'
-//! connection threads take them with a long poll. A full queue or an app
-//! over its rate loses the event and counts it, so the app is told.
+//! connection threads take them with a long poll. A full queue, an app over
+//! its rate or over its bytes, or a sidecar over its bytes, loses the event
+//! and counts it, so the app is told.
 
 use super::spec::{Probe, Spec};
 use furnace_api::v1::{self, event::Detail};
 use furnace_api::{ApiError, ErrorCode};
+use furnace_config::SidecarConfig;
+use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,8 +22,54 @@ pub struct Owner {
 struct Subscriber {
     owner: Owner,
     spec: Arc<Spec>,
-    queue: VecDeque<v1::Event>,
+    queue: VecDeque<Queued>,
     dropped: u64,
+}
+
+/// An event waiting in one subscription's queue. What every recipient of
+/// one hit shares is kept once, not copied per subscriber.
+struct Queued {
+    id: u64,
+    sync: bool,
+    hit: Arc<Hit>,
+}
+
+struct Hit {
+    timestamp_ns: u64,
+    vcpu: u32,
+    task: Option<v1::Task>,
+    detail: Detail,
+    /// The most one copy of the event takes on the wire: what each queue
+    /// holding it is charged.
+    wire_bytes: usize,
+}
+
+/// Bytes of queued events, per app and over all apps.
+#[derive(Default)]
+struct QueuedBytes {
+    total: usize,
+    by_app: HashMap<String, usize>,
+}
+
+impl QueuedBytes {
+    fn of(&self, app: &str) -> usize {
+        self.by_app.get(app).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, app: &str, bytes: usize) {
+        self.total += bytes;
+        *self.by_app.entry(app.to_owned()).or_default() += bytes;
+    }
+
+    fn release(&mut self, app: &str, bytes: usize) {
+        self.total = self.total.saturating_sub(bytes);
+        if let Some(held) = self.by_app.get_mut(app) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                self.by_app.remove(app);
+            }
+        }
+    }
 }
 
 /// A token bucket: `rate` events per second, bursting to one second's worth.
@@ -37,6 +86,7 @@ struct State {
     /// Sync events delivered and not yet acked, with their subscription.
     unacked: HashMap<u64, u64>,
     rates: HashMap<String, RateLimit>,
+    queued: QueuedBytes,
     /// Bumped on every change of the subscription set; the engine applies
     /// generations in order and reports each one.
     generation: u64,
@@ -52,6 +102,8 @@ pub struct Hub {
     /// Signalled on every delivery, ack, removal and applied generation.
     changed: Condvar,
     rate: u32,
+    max_bytes_per_app: usize,
+    max_bytes: usize,
 }
 
 /// Every live subscription's id and spec.
@@ -61,11 +113,15 @@ pub type Specs = Vec<(u64, Arc<Spec>)>;
 pub type Held = Vec<u64>;
 
 impl Hub {
-    pub fn new(events_per_second: u32) -> Self {
+    pub fn new(limits: &SidecarConfig) -> Self {
+        let bytes =
+            |size: furnace_config::ByteSize| usize::try_from(size.bytes()).unwrap_or(usize::MAX);
         Hub {
             state: Mutex::default(),
             changed: Condvar::new(),
-            rate: events_per_second,
+            rate: limits.max_events_per_second,
+            max_bytes_per_app: bytes(limits.max_event_bytes_per_app),
+            max_bytes: bytes(limits.max_event_bytes),
         }
     }
 
@@ -140,7 +196,15 @@ impl Hub {
         if gone.is_empty() {
             return state.generation;
         }
-        state.subscribers.retain(|id, _| !gone.contains(id));
+        let queued = &mut state.queued;
+        state.subscribers.retain(|id, s| {
+            if !gone.contains(id) {
+                return true;
+            }
+            let bytes = s.queue.iter().map(|q| q.hit.wire_bytes).sum();
+            queued.release(&s.owner.app, bytes);
+            false
+        });
         // What they held, they no longer hold.
         state.unacked.retain(|_, sid| !gone.contains(sid));
         state.generation += 1;
@@ -213,6 +277,7 @@ impl Hub {
     /// Queues an event for each recipient; returns the ids of the sync
     /// ones, which hold the guest until acked.
     pub fn deliver(&self, to: Recipients, template: Template) -> Held {
+        let hit = Arc::new(Hit::from(&template));
         let mut state = self.lock();
         let state = &mut *state;
         let mut held = Vec::new();
@@ -231,12 +296,16 @@ impl Hub {
                     tokens: f64::from(self.rate),
                     updated: template.seen,
                 });
-            if !bucket.take(self.rate, template.seen)
-                || subscriber.queue.len() >= subscriber.spec.capacity
+            let app = &subscriber.owner.app;
+            if subscriber.queue.len() >= subscriber.spec.capacity
+                || state.queued.of(app) + hit.wire_bytes > self.max_bytes_per_app
+                || state.queued.total + hit.wire_bytes > self.max_bytes
+                || !bucket.take(self.rate, template.seen)
             {
                 subscriber.dropped += 1;
                 continue;
             }
+            state.queued.add(app, hit.wire_bytes);
             state.next_event += 1;
             let event_id = state.next_event;
             let sync = subscriber.spec.sync;
@@ -244,14 +313,10 @@ impl Hub {
                 state.unacked.insert(event_id, *id);
                 held.push(event_id);
             }
-            subscriber.queue.push_back(v1::Event {
+            subscriber.queue.push_back(Queued {
                 id: event_id,
-                subscription: *id,
-                timestamp_ns: template.timestamp_ns,
                 sync,
-                vcpu: template.vcpu,
-                task: template.task.clone(),
-                detail: Some(template.detail.clone()),
+                hit: Arc::clone(&hit),
             });
         }
         self.changed.notify_all();
@@ -320,8 +385,9 @@ impl Hub {
     ) -> Result<v1::EventBatch, ApiError> {
         self.ack(app, acks)?;
         let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
+        let mut guard = self.lock();
         loop {
+            let state = &mut *guard;
             if let Some(failure) = &state.failure {
                 return Err(failure.clone());
             }
@@ -332,12 +398,22 @@ impl Hub {
             let left = deadline.saturating_duration_since(Instant::now());
             if !subscriber.queue.is_empty() || left.is_zero() {
                 let n = subscriber.queue.len().min(max.max(1));
+                let mut charged = 0;
+                let events: Vec<v1::Event> = subscriber
+                    .queue
+                    .drain(..n)
+                    .map(|q| {
+                        charged += q.hit.wire_bytes;
+                        q.hit.event(q.id, id, q.sync)
+                    })
+                    .collect();
+                state.queued.release(app, charged);
                 return Ok(v1::EventBatch {
-                    events: subscriber.queue.drain(..n).collect(),
+                    events,
                     dropped: std::mem::take(&mut subscriber.dropped),
                 });
             }
-            state = self.wait(state, left);
+            guard = self.wait(guard, left);
         }
     }
 }
@@ -356,6 +432,34 @@ pub struct Template {
     pub vcpu: u32,
     pub task: Option<v1::Task>,
     pub detail: Detail,
+}
+
+impl From<&Template> for Hit {
+    fn from(template: &Template) -> Self {
+        let mut hit = Hit {
+            timestamp_ns: template.timestamp_ns,
+            vcpu: template.vcpu,
+            task: template.task.clone(),
+            detail: template.detail.clone(),
+            wire_bytes: 0,
+        };
+        hit.wire_bytes = hit.event(u64::MAX, u64::MAX, true).encoded_len();
+        hit
+    }
+}
+
+impl Hit {
+    fn event(&self, id: u64, subscription: u64, sync: bool) -> v1::Event {
+        v1::Event {
+            id,
+            subscription,
+            timestamp_ns: self.timestamp_ns,
+            sync,
+            vcpu: self.vcpu,
+            task: self.task.clone(),
+            detail: Some(self.detail.clone()),
+        }
+    }
 }
 
 impl RateLimit {
@@ -381,136 +485,5 @@ fn no_subscription(id: u64) -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::spec::{Hook, Spec};
-    use super::*;
-    use furnace_api::v1::event_spec::Source;
-
-    fn spec(sync: bool, capacity: u32) -> Spec {
-        let request = v1::EventSpec {
-            source: Some(Source::Process(v1::ProcessSource {
-                exec: true,
-                exit: false,
-            })),
-            sync,
-            queue_capacity: capacity,
-            ..Default::default()
-        };
-        Spec::for_tests(&request)
-    }
-
-    fn owner(app: &str, connection: u64) -> Owner {
-        Owner {
-            app: app.into(),
-            connection,
-        }
-    }
-
-    fn exec_hit(hub: &Hub) -> Held {
-        let probe = Probe {
-            hook: Hook::Exec,
-            task: Some((7, "sh")),
-            syscall: None,
-        };
-        hub.deliver(
-            Recipients::Matching(&probe),
-            Template {
-                seen: Instant::now(),
-                timestamp_ns: 1,
-                vcpu: 0,
-                task: None,
-                detail: Detail::Exec(v1::ProcessExec {
-                    filename: "/bin/sh".into(),
-                }),
-            },
-        )
-    }
-
-    #[test]
-    fn a_full_queue_counts_exactly_what_it_drops_and_a_roomy_one_drops_nothing() {
-        let hub = Hub::new(1_000_000);
-        let (slow, _) = hub.subscribe(owner("slow", 1), spec(false, 3)).unwrap();
-        let (fast, _) = hub.subscribe(owner("fast", 2), spec(false, 100)).unwrap();
-        for _ in 0..10 {
-            exec_hit(&hub);
-        }
-        let fast_batch = hub.next("fast", fast, 256, Duration::ZERO, &[]).unwrap();
-        assert_eq!((fast_batch.events.len(), fast_batch.dropped), (10, 0));
-        let slow_batch = hub.next("slow", slow, 256, Duration::ZERO, &[]).unwrap();
-        assert_eq!((slow_batch.events.len(), slow_batch.dropped), (3, 7));
-        // The count is reported once, then starts again.
-        let again = hub.next("slow", slow, 256, Duration::ZERO, &[]).unwrap();
-        assert_eq!((again.events.len(), again.dropped), (0, 0));
-    }
-
-    #[test]
-    fn the_rate_limit_drops_and_counts_what_is_over_it() {
-        let hub = Hub::new(5);
-        let (id, _) = hub.subscribe(owner("a", 1), spec(false, 100)).unwrap();
-        for _ in 0..8 {
-            exec_hit(&hub);
-        }
-        let batch = hub.next("a", id, 256, Duration::ZERO, &[]).unwrap();
-        assert_eq!((batch.events.len(), batch.dropped), (5, 3));
-    }
-
-    #[test]
-    fn sync_events_hold_until_acked_or_their_subscriber_goes() {
-        let hub = Hub::new(1_000);
-        let (id, _) = hub.subscribe(owner("a", 1), spec(true, 8)).unwrap();
-        let held = exec_hit(&hub);
-        assert_eq!(held.len(), 1);
-        assert!(!hub.wait_acked(&held, Duration::ZERO));
-        // Only the app that received it may ack it, and only once.
-        let code = |r: Result<(), ApiError>| r.unwrap_err().code;
-        assert_eq!(code(hub.ack("b", &held)), ErrorCode::NotFound);
-        let batch = hub.next("a", id, 1, Duration::ZERO, &held).unwrap();
-        assert!(batch.events[0].sync);
-        assert!(hub.wait_acked(&held, Duration::ZERO));
-        assert_eq!(code(hub.ack("a", &held)), ErrorCode::NotFound);
-
-        let held = exec_hit(&hub);
-        let (removed, _) = hub.remove_where(|o| o.connection == 1);
-        assert_eq!(removed, 1);
-        assert!(
-            hub.wait_acked(&held, Duration::ZERO),
-            "a closed connection still holds the guest"
-        );
-    }
-
-    #[test]
-    fn subscriptions_belong_to_their_app_and_failure_reaches_every_waiter() {
-        let hub = Hub::new(1_000);
-        let (id, generation) = hub.subscribe(owner("a", 1), spec(false, 8)).unwrap();
-        let code = |r: Result<v1::EventBatch, ApiError>| r.unwrap_err().code;
-        assert_eq!(
-            code(hub.next("b", id, 1, Duration::ZERO, &[])),
-            ErrorCode::NotFound
-        );
-        assert_eq!(
-            hub.unsubscribe("b", id).unwrap_err().code,
-            ErrorCode::NotFound
-        );
-        hub.applied(
-            generation,
-            Some(ApiError::new(ErrorCode::Unsupported, "no debugger")),
-        );
-        assert_eq!(
-            hub.wait_applied(generation, Duration::from_secs(1))
-                .unwrap_err()
-                .code,
-            ErrorCode::Unsupported
-        );
-        hub.fail(ApiError::new(ErrorCode::GuestGone, "gone"));
-        assert_eq!(
-            code(hub.next("a", id, 1, Duration::from_secs(5), &[])),
-            ErrorCode::GuestGone
-        );
-        assert_eq!(
-            hub.subscribe(owner("a", 1), spec(false, 8))
-                .unwrap_err()
-                .code,
-            ErrorCode::GuestGone
-        );
-    }
-}
+#[path = "hub_tests.rs"]
+mod tests;

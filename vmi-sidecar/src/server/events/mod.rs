@@ -62,7 +62,7 @@ impl Events {
         control: Arc<dyn VmControl>,
         limits: &SidecarConfig,
     ) -> std::io::Result<Self> {
-        let hub = Arc::new(Hub::new(limits.max_events_per_second));
+        let hub = Arc::new(Hub::new(limits));
         let running = recover_stranded_guest(&kernel, control.as_ref());
         let gate = Arc::new(RunGate::new(control, running));
         let status = Arc::new(Status::default());
