@@ -133,17 +133,12 @@ impl Engine {
         let detached = std::panic::catch_unwind(AssertUnwindSafe(|| self.detach()));
         if !matches!(detached, Ok(Ok(()))) {
             tracing::error!("could not remove the event breakpoints after the panic; leaving them to the debugger's owner");
-            self.gdb = None;
             self.installed.clear();
-            self.parked = None;
             self.status.breakpoints.store(0, Ordering::Release);
-            let mut gate = self.gate.lock();
-            gate.debugger = false;
-            if !gate.leased && !gate.running && self.gate.control().resume().is_ok() {
-                gate.running = true;
+            self.drop_debugger(false);
+            if let Err(e) = self.let_guest_run() {
+                tracing::error!(error = %e, "could not resume the guest after the panic");
             }
-            gate.engine_stopped = false;
-            gate.resume_wanted = false;
         }
     }
 
@@ -283,6 +278,13 @@ impl Engine {
         }
         self.status.breakpoints.store(0, Ordering::Release);
         self.forget_debugger();
+        self.let_guest_run()?;
+        tracing::info!("detached from the gdbstub: no breakpoint events are wanted");
+        Ok(())
+    }
+
+    /// Resumes the guest if the engine stopped it and no lease holds it.
+    fn let_guest_run(&self) -> Result<()> {
         let mut gate = self.gate.lock();
         if (gate.engine_stopped || gate.resume_wanted) && !gate.leased && !gate.running {
             self.gate.control().resume()?;
@@ -290,13 +292,19 @@ impl Engine {
         }
         gate.engine_stopped = false;
         gate.resume_wanted = false;
-        tracing::info!("detached from the gdbstub: no breakpoint events are wanted");
         Ok(())
     }
 
+    /// Closes the debugger connection, its breakpoints removed.
     fn forget_debugger(&mut self) {
+        self.drop_debugger(true);
+    }
+
+    /// Closes the debugger connection. Unless `released`, the link's owner
+    /// is left to clear breakpoints the engine could not remove.
+    fn drop_debugger(&mut self, released: bool) {
         if let Some(gdb) = self.gdb.take() {
-            if let Some(link) = self.kernel.driver().debugger() {
+            if let (true, Some(link)) = (released, self.kernel.driver().debugger()) {
                 link.release();
             }
             drop(gdb);

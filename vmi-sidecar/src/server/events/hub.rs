@@ -35,10 +35,9 @@ struct Queued {
 }
 
 struct Hit {
-    timestamp_ns: u64,
-    vcpu: u32,
-    task: Option<v1::Task>,
-    detail: Detail,
+    /// The event as every recipient gets it, but for its id, subscription
+    /// and sync flag, which [`Hit::event`] sets.
+    event: v1::Event,
     /// The most one copy of the event takes on the wire: what each queue
     /// holding it is charged.
     wire_bytes: usize,
@@ -277,7 +276,8 @@ impl Hub {
     /// Queues an event for each recipient; returns the ids of the sync
     /// ones, which hold the guest until acked.
     pub fn deliver(&self, to: Recipients, template: Template) -> Held {
-        let hit = Arc::new(Hit::from(&template));
+        let seen = template.seen;
+        let hit = Arc::new(Hit::from(template));
         let mut state = self.lock();
         let state = &mut *state;
         let mut held = Vec::new();
@@ -294,13 +294,13 @@ impl Hub {
                 .entry(subscriber.owner.app.clone())
                 .or_insert(RateLimit {
                     tokens: f64::from(self.rate),
-                    updated: template.seen,
+                    updated: seen,
                 });
             let app = &subscriber.owner.app;
             if subscriber.queue.len() >= subscriber.spec.capacity
                 || state.queued.of(app) + hit.wire_bytes > self.max_bytes_per_app
                 || state.queued.total + hit.wire_bytes > self.max_bytes
-                || !bucket.take(self.rate, template.seen)
+                || !bucket.take(self.rate, seen)
             {
                 subscriber.dropped += 1;
                 continue;
@@ -434,17 +434,22 @@ pub struct Template {
     pub detail: Detail,
 }
 
-impl From<&Template> for Hit {
-    fn from(template: &Template) -> Self {
-        let mut hit = Hit {
+impl From<Template> for Hit {
+    fn from(template: Template) -> Self {
+        // The largest id, subscription and flag a copy can carry.
+        let event = v1::Event {
+            id: u64::MAX,
+            subscription: u64::MAX,
             timestamp_ns: template.timestamp_ns,
+            sync: true,
             vcpu: template.vcpu,
-            task: template.task.clone(),
-            detail: template.detail.clone(),
-            wire_bytes: 0,
+            task: template.task,
+            detail: Some(template.detail),
         };
-        hit.wire_bytes = hit.event(u64::MAX, u64::MAX, true).encoded_len();
-        hit
+        Hit {
+            wire_bytes: event.encoded_len(),
+            event,
+        }
     }
 }
 
@@ -453,11 +458,8 @@ impl Hit {
         v1::Event {
             id,
             subscription,
-            timestamp_ns: self.timestamp_ns,
             sync,
-            vcpu: self.vcpu,
-            task: self.task.clone(),
-            detail: Some(self.detail.clone()),
+            ..self.event.clone()
         }
     }
 }
