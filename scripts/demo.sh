@@ -28,7 +28,9 @@ log_dir=$(mktemp -d /tmp/furnace-demo.XXXXXX)
 tenant_ns=furnace-demo-tenant
 tenant_link=furnace-demo0
 backend_address=10.213.0.2:7000
-keys=$work/keys
+# Under the provider's key_root (default /etc/furnace/keys), where the shim
+# takes app keys from.
+keys=/etc/furnace/keys/furnace-demo
 
 containerd_address=
 containerd_pid=
@@ -77,6 +79,7 @@ cleanup() {
         grep -o " $work/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
         rm -rf "$work"
     fi
+    rm -rf "$keys"
     ip netns del "$tenant_ns" 2>/dev/null || true
     ip link del "$tenant_link" 2>/dev/null || true
     "$furnace" guest down "$guest" >/dev/null 2>&1 || true
@@ -154,13 +157,12 @@ start_tenant_network() {
     ip -brief addr show "$tenant_link"
 }
 
-# The backend's key and the app's; the app's private key must be readable by
-# the host uid the app runs as (root in its user namespace: 100000).
+# The backend's key and the app's. The app's stays root's alone: the shim
+# hands the app a copy owned by the host uid it gives that app.
 make_keys() {
-    mkdir -p -m 0711 "$keys"
+    mkdir -p -m 0700 "$keys"
     "$furnace" keygen "$keys/backend"
     "$furnace" keygen "$keys/$app_id"
-    chown 100000:100000 "$keys/$app_id.key"
 }
 
 start_backend() {

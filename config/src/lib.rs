@@ -31,7 +31,8 @@
 //! [user_namespace]
 //! host_uid = 100000
 //! host_gid = 100000
-//! size = 65536
+//! size = 65536           # ids per partition
+//! ranges = 1024           # partitions that may run at once, each with its own ids
 //!
 //! [sidecar]               # per-app limits of the VMI sidecar
 //! max_pause_ms = 10000
@@ -46,7 +47,7 @@ mod validate;
 pub use error::ConfigError;
 pub use ipnet::IpNet;
 pub use schema::{
-    FacilitiesConfig, Limits, LimitsConfig, MaxLimits, PermissionsConfig, ProviderConfig,
+    FacilitiesConfig, IdRange, Limits, LimitsConfig, MaxLimits, PermissionsConfig, ProviderConfig,
     RelayLimits, SeccompConfig, SeccompMode, SidecarConfig, UserNamespaceConfig, CPU_PERIOD_US,
     MIN_CPU,
 };

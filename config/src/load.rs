@@ -308,6 +308,21 @@ mod tests {
                 "user_namespace.host_uid",
             ),
             ("socket_root = \"run\"\n", "socket_root"),
+            (
+                "[facilities]\nkey_root = \"/etc/../tmp\"\n",
+                "facilities.key_root",
+            ),
+            ("[facilities]\nkey_root = \"/\"\n", "facilities.key_root"),
+            (
+                "[facilities]\nstorage_root = \"storage\"\n",
+                "facilities.storage_root",
+            ),
+            ("[user_namespace]\nranges = 0\n", "user_namespace.ranges"),
+            (
+                "[user_namespace]\nranges = 70000\n",
+                "user_namespace.ranges",
+            ),
+            ("[sidecar]\nworker_uid = 100001\n", "sidecar.worker_uid"),
             ("tmp_size = 0\n", "tmp_size"),
             (
                 "[sidecar]\nmax_read_bytes = 4194304\n",

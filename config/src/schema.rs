@@ -161,14 +161,19 @@ pub enum SeccompMode {
     Kill,
 }
 
-/// The host id range an app's user namespace maps onto: container id `n`
-/// becomes host id `host_uid + n`, for `n < size`.
+/// The host ids partitions' user namespaces map onto: `ranges` ranges of
+/// `size` ids each, from `host_uid` and `host_gid` up. Each partition (an
+/// app, or an app's facilities relay) gets a range of its own
+/// ([`UserNamespaceConfig::range`]): its container id `n` becomes host id
+/// `base + n`, for `n < size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserNamespaceConfig {
     pub host_uid: u32,
     pub host_gid: u32,
     pub size: u32,
+    /// How many ranges there are, so how many partitions may run at once.
+    pub ranges: u32,
 }
 
 impl Default for UserNamespaceConfig {
@@ -177,7 +182,41 @@ impl Default for UserNamespaceConfig {
             host_uid: 100_000,
             host_gid: 100_000,
             size: 65_536,
+            ranges: 1024,
         }
+    }
+}
+
+/// One partition's host ids: container id `n` is host id `host_uid + n`
+/// (and `host_gid + n`), for `n < size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub index: u32,
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub size: u32,
+}
+
+impl UserNamespaceConfig {
+    /// Range `index`, if there is one.
+    pub fn range(&self, index: u32) -> Option<IdRange> {
+        if index >= self.ranges {
+            return None;
+        }
+        let offset = index.checked_mul(self.size)?;
+        Some(IdRange {
+            index,
+            host_uid: self.host_uid.checked_add(offset)?,
+            host_gid: self.host_gid.checked_add(offset)?,
+            size: self.size,
+        })
+    }
+
+    /// The uids of every range together, as `start..end` (u64, so the end
+    /// of the id space fits).
+    pub fn uid_span(&self) -> std::ops::Range<u64> {
+        let start = u64::from(self.host_uid);
+        start..start + u64::from(self.ranges) * u64::from(self.size)
     }
 }
 
@@ -232,6 +271,10 @@ pub struct FacilitiesConfig {
     /// Per-app storage lives in `<storage_root>/<namespace>/<id>`, kept
     /// across restarts of the same app id.
     pub storage_root: PathBuf,
+    /// Where apps' private keys (`furnace.dev/app-key`) must lie: the shim
+    /// gives an app a copy of a root-owned key from under here, and of no
+    /// other file.
+    pub key_root: PathBuf,
     /// The relay partition's cgroup limits.
     pub relay: RelayLimits,
     /// Addresses the shim never dials for an app's backend, whatever
@@ -279,6 +322,7 @@ impl Default for FacilitiesConfig {
             messages_per_second: 1000,
             max_bytes_in_flight: ByteSize::mib(64),
             storage_root: PathBuf::from("/var/lib/furnace/storage"),
+            key_root: PathBuf::from("/etc/furnace/keys"),
             relay: RelayLimits::default(),
             refused_backend_networks: [
                 "0.0.0.0/8",

@@ -4,6 +4,7 @@ use crate::error::ConfigError;
 use crate::schema::{FacilitiesConfig, Limits, ProviderConfig, SidecarConfig, MIN_CPU};
 use furnace_api::v1::Permission;
 use furnace_api::wire::MAX_PAYLOAD;
+use std::path::{Component, Path};
 
 impl ProviderConfig {
     /// Checks values serde cannot: ranges, ordering of default and max.
@@ -66,18 +67,42 @@ impl ProviderConfig {
                 ));
             }
         }
-        if u.size == 0
-            || u.host_uid.checked_add(u.size - 1).is_none()
-            || u.host_gid.checked_add(u.size - 1).is_none()
-        {
+        if u.size == 0 {
             return Err(ConfigError::invalid(
                 "user_namespace.size",
-                format!(
-                    "{} does not fit the host id space above the base ids",
-                    u.size
-                ),
+                "0 ids would map nobody",
                 "use a size between 1 and 65536 with a base such as 100000",
             ));
+        }
+        if u.ranges == 0 {
+            return Err(ConfigError::invalid(
+                "user_namespace.ranges",
+                "0 ranges would let no partition run",
+                "use a count such as 1024 (the default): one per partition that may run at once",
+            ));
+        }
+        let span = u64::from(u.ranges) * u64::from(u.size);
+        if u64::from(u.host_uid.max(u.host_gid)) + span > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "user_namespace.ranges",
+                format!(
+                    "{} ranges of {} ids do not fit the host id space above the base ids",
+                    u.ranges, u.size
+                ),
+                "use fewer ranges, smaller ones, or a lower base",
+            ));
+        }
+        for (key, id, base) in [
+            ("sidecar.worker_uid", self.sidecar.worker_uid, u.host_uid),
+            ("sidecar.worker_gid", self.sidecar.worker_gid, u.host_gid),
+        ] {
+            if (u64::from(base)..u64::from(base) + span).contains(&u64::from(id)) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{id} lies inside the ids the partitions' user namespaces map onto"),
+                    "give the worker an id outside [user_namespace]'s ranges, e.g. 99000 (the default)",
+                ));
+            }
         }
         if self.tmp_size.bytes() == 0 {
             return Err(ConfigError::invalid(
@@ -118,12 +143,24 @@ impl FacilitiesConfig {
                 "raise facilities.max_bytes_in_flight to at least max_message_bytes",
             ));
         }
-        if !self.storage_root.is_absolute() {
-            return Err(ConfigError::invalid(
+        for (key, path, example) in [
+            (
                 "facilities.storage_root",
-                format!("`{}` is not an absolute path", self.storage_root.display()),
-                "use an absolute path such as /var/lib/furnace/storage",
-            ));
+                &self.storage_root,
+                "/var/lib/furnace/storage",
+            ),
+            ("facilities.key_root", &self.key_root, "/etc/furnace/keys"),
+        ] {
+            let clean = path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            if !path.is_absolute() || !clean || path == Path::new("/") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{}` is not a plain absolute path below /", path.display()),
+                    format!("use an absolute path such as {example}"),
+                ));
+            }
         }
         check_limits(
             "facilities.relay",

@@ -20,7 +20,7 @@ pub use annotations::{AppRequest, Backend, Role};
 pub use error::PolicyError;
 pub use furnace_config as config;
 pub use furnace_config::units;
-pub use furnace_config::{ConfigError, Limits, ProviderConfig, SeccompMode};
+pub use furnace_config::{ConfigError, IdRange, Limits, ProviderConfig, SeccompMode};
 pub use policy::{HostBinds, KeyFiles, RelayFiles, FAC_SOCKET, VMI_SOCKET};
 
 use oci_spec::runtime::Spec;
@@ -77,9 +77,23 @@ pub fn harden_as(
     policy::read_only_root(&mut spec)?;
     policy::drop_privileges(&mut spec)?;
     policy::namespaces(&mut spec, role);
-    let ids = match role {
-        Role::App | Role::Fac => Some(policy::user_namespace(&mut spec, config)?),
-        Role::Sandbox => None,
+    let ids = match (role, &binds.ids) {
+        (Role::App | Role::Fac, Some(range)) => Some(policy::user_namespace(&mut spec, range)?),
+        (Role::App | Role::Fac, None) => {
+            return Err(PolicyError::Bind {
+                which: "ids",
+                problem: "a partition needs a host id range of its own, and none was given".into(),
+                fix: "claim one of [user_namespace]'s ranges for it first".into(),
+            })
+        }
+        (Role::Sandbox, Some(_)) => {
+            return Err(PolicyError::Bind {
+                which: "ids",
+                problem: "a sandbox gets no user namespace, so no id range".into(),
+                fix: "claim ranges for apps and relays only".into(),
+            })
+        }
+        (Role::Sandbox, None) => None,
     };
     // The relay's partition has the provider's limits for relays, not an app's.
     let wanted = match role {

@@ -2,6 +2,7 @@
 //! lifecycle, and removing every trace of it.
 
 use crate::exec::ExecProcess;
+use crate::id_ranges::{self, IdClaims};
 use crate::process::ProcessState;
 use crate::record::TaskRecord;
 use crate::registration::{self, Registration};
@@ -15,6 +16,10 @@ use oci_spec::runtime::Spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// The owners' roles of a task's host id ranges (`id_ranges::owner`).
+const APP_IDS: &str = "app";
+const RELAY_IDS: &str = "relay";
 
 /// libcontainer's state, one directory per containerd namespace.
 pub const STATE_ROOT: &str = "/run/furnace/runtime";
@@ -121,11 +126,35 @@ impl Instance {
             .transpose()
             .map_err(CreateError::Failed)?;
         let (fac, keys) = match &relay_record {
-            Some((backend, r)) => {
-                let (socket, keys) = r.app_binds(backend);
+            Some((_, r)) => {
+                let (socket, keys) = r.app_binds();
                 (Some(socket), Some(keys))
             }
             None => (None, None),
+        };
+        let state_root = Path::new(STATE_ROOT).join(p.namespace);
+        let cgroups_path = Path::new(CGROUP_PARENT).join(p.namespace).join(p.id);
+        let mut undo = Undo {
+            record: TaskRecord {
+                id: p.id.into(),
+                namespace: p.namespace.into(),
+                bundle: p.bundle.into(),
+                state_root: state_root.clone(),
+                cgroups_path: cgroups_path.clone(),
+                ..Default::default()
+            },
+            registration: None,
+            relay: None,
+            armed: true,
+        };
+        let claim = |role: &str| {
+            IdClaims::system()
+                .claim(&p.config.user_namespace, &id_ranges::owner(p.bundle, role))
+                .map_err(|e| CreateError::Failed(e.to_string()))
+        };
+        let ids = match role {
+            Role::Sandbox => None,
+            Role::App | Role::Fac => Some(claim(APP_IDS)?),
         };
         let binds = HostBinds {
             vmi: vmi_socket,
@@ -135,39 +164,24 @@ impl Instance {
             init: host_init
                 .as_ref()
                 .map(|_| rootfs::init_path(p.namespace, p.id)),
+            ids,
         };
         let mut hardened = harden(spec, &annotations, p.config, &binds)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
         for note in &hardened.notes {
             log::info!("{}: {note}", p.id);
         }
-
-        let state_root = Path::new(STATE_ROOT).join(p.namespace);
-        let cgroups_path = Path::new(CGROUP_PARENT).join(p.namespace).join(p.id);
         hardened
             .spec
             .linux_mut()
             .get_or_insert_with(Default::default)
             .set_cgroups_path(Some(cgroups_path.clone()));
-
-        let mut undo = Undo {
-            record: TaskRecord {
-                id: p.id.into(),
-                namespace: p.namespace.into(),
-                state_root: state_root.clone(),
-                cgroups_path: cgroups_path.clone(),
-                limits: Some(hardened.limits),
-                ..Default::default()
-            },
-            registration: None,
-            relay: None,
-            armed: true,
-        };
+        undo.record.limits = Some(hardened.limits);
 
         let relay = match relay_record {
             Some((backend, record)) => {
                 let app_ids = app_ids(&hardened)?;
-                relay::check_app_key(&backend.app_key, app_ids)?;
+                let relay_ids = claim(RELAY_IDS)?;
                 relay::claim(&record)?;
                 // Recorded as soon as it is claimed, so that a shim dying
                 // from here on leaves `delete` the relay to remove.
@@ -182,6 +196,7 @@ impl Instance {
                         backend,
                         storage_quota: hardened.limits.storage,
                         app_ids,
+                        ids: relay_ids,
                         config: p.config,
                     },
                 )?;
@@ -350,16 +365,28 @@ fn app_ids(hardened: &furnace_runtime::Hardened) -> Result<(u32, u32), CreateErr
 /// rootfs mount and the sidecar registration. Safe to repeat. Returns what could not be removed.
 pub fn teardown(record: &TaskRecord, registration: Option<&Registration>) -> Vec<String> {
     let mut problems = Vec::new();
+    // A range is released only once nothing runs under it any more, so
+    // that it is never handed to a new partition while an old one lives.
+    let release = |role: &str, problems: &mut Vec<String>| {
+        if !record.bundle.as_os_str().is_empty() {
+            problems.extend(IdClaims::system().release(&id_ranges::owner(&record.bundle, role)));
+        }
+    };
     if !record.id.is_empty() {
-        problems.extend(remove_partition(
-            &record.id,
-            &record.state_root,
-            &record.cgroups_path,
-        ));
+        match remove_partition(&record.id, &record.state_root, &record.cgroups_path) {
+            Some(problem) => problems.push(problem),
+            None => release(APP_IDS, &mut problems),
+        }
     }
-    if let Some(relay) = &record.relay {
-        problems.extend(relay::teardown(relay));
+    let relay_problems = record
+        .relay
+        .as_ref()
+        .map(relay::teardown)
+        .unwrap_or_default();
+    if relay_problems.is_empty() {
+        release(RELAY_IDS, &mut problems);
     }
+    problems.extend(relay_problems);
     if let Some(mounted) = &record.mounted_rootfs {
         if let Err(e) = rootfs::remove(mounted) {
             problems.push(e);

@@ -12,6 +12,7 @@
 
 mod events;
 mod exec;
+mod id_ranges;
 mod info;
 mod instance;
 mod metrics;

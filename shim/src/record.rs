@@ -11,6 +11,10 @@ const RECORD_FILE: &str = "furnace.json";
 pub struct TaskRecord {
     pub id: String,
     pub namespace: String,
+    /// The bundle, which names the owner of the task's host id ranges
+    /// (`id_ranges::owner`).
+    #[serde(default)]
+    pub bundle: PathBuf,
     /// libcontainer's state root for this namespace.
     pub state_root: PathBuf,
     /// The cgroup path the partition runs in (`linux.cgroupsPath`).

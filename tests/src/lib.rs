@@ -20,6 +20,7 @@ use std::time::Duration;
 pub mod containerd;
 pub mod docker;
 mod host;
+pub mod ids;
 pub use host::stdout_if_success;
 pub mod relays;
 pub mod running;

@@ -231,22 +231,15 @@ impl Drop for TenantNet {
     }
 }
 
-/// `furnace keygen` of `names` into `dir`; the app keys (all but the first,
-/// the backend's) are made readable by `app_uid` alone, as the shim requires.
-pub fn keygen(dir: &Path, names: &[&str], app_uid: u32) -> Result<()> {
-    for (i, name) in names.iter().enumerate() {
+/// `furnace keygen` of `names` into `dir`: root's alone, as the shim
+/// requires of an app key (it gives the app a copy).
+pub fn keygen(dir: &Path, names: &[&str]) -> Result<()> {
+    for name in names {
         let out = Command::new(furnace_bin())
             .args(["keygen"])
             .arg(dir.join(name))
             .output()?;
         crate::stdout_if_success("furnace keygen", &out)?;
-        if i > 0 {
-            std::os::unix::fs::chown(
-                dir.join(format!("{name}.key")),
-                Some(app_uid),
-                Some(app_uid),
-            )?;
-        }
     }
     Ok(())
 }

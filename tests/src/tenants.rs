@@ -8,6 +8,7 @@ use crate::stack::{strs, FurnaceStack};
 use crate::tenant::{
     keygen, public_key, remove_at_exit, remove_storage_at_exit, TenantNet, TestBackend,
 };
+use furnace_config::ProviderConfig;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -18,8 +19,6 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The app runs as its partition's root: this host uid (the provider default).
-pub const APP_UID: u32 = 100_000;
 /// How long a test waits for any one thing.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -44,20 +43,20 @@ impl Tenants {
     pub fn start(label: &str) -> Tenants {
         let stack = FurnaceStack::start(label).expect("the Furnace stack starts");
         let net = TenantNet::create(label).expect("the tenant network is set up");
-        let keys = tempfile::tempdir().unwrap();
+        // Under the provider's default key_root, where the shim takes app
+        // keys from.
+        let key_root = ProviderConfig::default().facilities.key_root;
+        std::fs::create_dir_all(&key_root).unwrap();
+        let keys = tempfile::Builder::new()
+            .prefix(&format!("test-{label}-"))
+            .tempdir_in(&key_root)
+            .unwrap();
         // Kept in a static, the TempDir is never dropped; registered before
         // the backends, it is removed after they are killed.
         remove_at_exit(keys.path().to_path_buf());
-        // Keys live where the partition's root can traverse to them.
-        std::fs::set_permissions(
-            keys.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
         keygen(
             keys.path(),
             &["be", "alpha", "beta", "delta", "gamma", "be2"],
-            APP_UID,
         )
         .unwrap();
         let one = TestBackend::start(&net, 7000, keys.path(), "be", &["alpha", "beta"]).unwrap();

@@ -6,14 +6,16 @@
 //!
 //! The tenants and their keys are `furnace_tests::tenants::Tenants`.
 
+use furnace_tests::ids::partition_root_uid;
 use furnace_tests::relays::{
     assert_relay_gone, relay_dir, relay_process, relay_processes_anywhere,
 };
 use furnace_tests::running::RunningApp;
 use furnace_tests::stack::strs;
 use furnace_tests::tenant::{self, Capture};
-use furnace_tests::tenants::{from, lines, lock, Tenants, APP_UID, WAIT};
+use furnace_tests::tenants::{from, lines, lock, Tenants, WAIT};
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -381,7 +383,10 @@ fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
     assert_eq!(field("CapEff"), "0000000000000000");
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2");
-    assert_eq!(field("Uid"), APP_UID.to_string());
+    // A host id range of its own, not the app's.
+    let relay_uid = partition_root_uid(first);
+    let app_uid = partition_root_uid(t.stack.task_pid(id).expect("the app runs"));
+    assert_ne!(relay_uid, app_uid);
     let own_net = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(
         std::fs::read_link(format!("/proc/{first}/ns/net")).unwrap(),
@@ -407,6 +412,8 @@ fn a_killed_relay_gives_unavailable_and_is_restarted_confined() {
     wait_for("a new relay", || {
         relay_process(id).is_some_and(|p| p != first)
     });
+    let second = relay_process(id).expect("the new relay runs");
+    assert_eq!(partition_root_uid(second), relay_uid, "the same range");
     let (status, out) = app.finish(WAIT).unwrap();
     assert!(status.success(), "{status}");
     let lines = lines(&out.join("\n"));
@@ -468,29 +475,39 @@ fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves
         .unwrap();
 }
 
+/// The shim copies an app's key for the app to read, so it takes only a key
+/// that is root's alone under the provider's `key_root`: a key others may
+/// read, and a key outside `key_root`, are refused at create naming the fix,
+/// and nothing is set up for either.
 #[test]
-fn an_unreadable_app_key_is_refused_at_create_naming_the_fix() {
+fn an_app_key_not_roots_alone_or_outside_key_root_is_refused_at_create() {
     let t = tenants();
-    let secret = t.keys.path().join("root-only.key");
-    std::fs::copy(t.key("alpha").with_extension("key"), &secret).unwrap();
-    std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
-    let mut flags = t.flags("alpha", &t.address(7000), "be", None);
-    let last = flags.len() - 1;
-    flags[last] = format!("furnace.dev/app-key={}", secret.display());
-    tenant::remove_storage_at_exit("fac-unreadable");
-    let out = t.stack.run(
-        "fac-unreadable",
-        &strs(&flags),
-        &["/furnace-probe", "fac", "keys"],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("furnace.dev/app-key") && err.contains("chown 100000"),
-        "{err}"
-    );
-    assert!(!relay_dir("fac-unreadable").exists());
-    t.stack.remove("fac-unreadable");
+    let shared = t.keys.path().join("shared.key");
+    std::fs::copy(t.key("alpha").with_extension("key"), &shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = outside.path().join("alpha.key");
+    std::fs::copy(t.key("alpha").with_extension("key"), &elsewhere).unwrap();
+    for (id, key, expected) in [
+        ("fac-key-shared", &shared, "chmod 0400"),
+        ("fac-key-elsewhere", &elsewhere, "key_root"),
+    ] {
+        let mut flags = t.flags("alpha", &t.address(7000), "be", None);
+        let last = flags.len() - 1;
+        flags[last] = format!("furnace.dev/app-key={}", key.display());
+        tenant::remove_storage_at_exit(id);
+        let out = t
+            .stack
+            .run(id, &strs(&flags), &["/furnace-probe", "fac", "keys"]);
+        assert!(!out.status.success(), "{id} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("furnace.dev/app-key") && err.contains(expected),
+            "{id}: {err}"
+        );
+        assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
+        t.stack.remove(id);
+    }
 }
 
 /// The shim dials from the host's network: a backend on the host itself or

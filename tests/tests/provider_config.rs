@@ -110,6 +110,7 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
         ("8Mi".into(), 500, "32Mi".into())
     );
     assert_eq!(f.storage_root, Path::new("/srv/furnace-storage"));
+    assert_eq!(f.key_root, Path::new("/srv/furnace-keys"));
     assert_eq!(
         (f.relay.cpu, f.relay.memory.to_string(), f.relay.pids),
         (0.5, "128Mi".into(), 8)
@@ -119,7 +120,10 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
     assert_eq!(shim.permissions.grantable.len(), 5, "all five permissions");
     assert_eq!(shim.seccomp.mode, SeccompMode::Kill);
     let u = shim.user_namespace;
-    assert_eq!((u.host_uid, u.host_gid, u.size), (200_000, 200_000, 32_768));
+    assert_eq!(
+        (u.host_uid, u.host_gid, u.size, u.ranges),
+        (200_000, 200_000, 32_768, 64)
+    );
     assert_ne!(shim.socket_root, default.socket_root);
     assert_ne!(shim.tmp_size, default.tmp_size);
     assert_ne!(shim.limits, default.limits);
@@ -218,7 +222,7 @@ fn a_misspelt_key_is_refused_by_each_reader_naming_it_and_the_file() {
     let text = documented_example().replace("max_read_bytes =", "max_reed_bytes =");
     let path = write(dir.path(), &text);
     let expected = format!(
-        "{}: unknown key `sidecar.max_reed_bytes` at line 31 (expected one of `max_read_bytes`,",
+        "{}: unknown key `sidecar.max_reed_bytes` at line 32 (expected one of `max_read_bytes`,",
         path.display()
     );
     assert!(
@@ -226,7 +230,7 @@ fn a_misspelt_key_is_refused_by_each_reader_naming_it_and_the_file() {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/containerd.md")
         )
         .unwrap()
-        .contains("`sidecar.max_reed_bytes` at line 31"),
+        .contains("`sidecar.max_reed_bytes` at line 32"),
         "docs/containerd.md quotes this message"
     );
 

@@ -3,7 +3,7 @@
 //! one step does.
 
 use crate::annotations::Role;
-use crate::config::{Limits, ProviderConfig, CPU_PERIOD_US};
+use crate::config::{IdRange, Limits, ProviderConfig, CPU_PERIOD_US};
 use crate::error::PolicyError;
 use crate::seccomp;
 use crate::units::ByteSize;
@@ -86,6 +86,10 @@ pub struct HostBinds {
     /// ([`pid1_init`]). Required for [`Role::App`] and [`Role::Fac`],
     /// refused for [`Role::Sandbox`].
     pub init: Option<PathBuf>,
+    /// The host id range the shim claimed for this partition alone
+    /// ([`furnace_config::UserNamespaceConfig::range`]). Required for
+    /// [`Role::App`] and [`Role::Fac`], refused for [`Role::Sandbox`].
+    pub ids: Option<IdRange>,
 }
 
 /// The tenant's keys as host files.
@@ -259,10 +263,9 @@ fn mapping(host: u32, size: u32) -> LinuxIdMapping {
         .expect("every LinuxIdMapping field is set")
 }
 
-/// Maps container ids `0..size` onto the provider's unprivileged host range
-/// and returns the host uid and gid the process runs as.
-pub fn user_namespace(spec: &mut Spec, config: &ProviderConfig) -> Result<(u32, u32), PolicyError> {
-    let u = config.user_namespace;
+/// Maps container ids `0..size` onto the partition's own host id range and
+/// returns the host uid and gid the process runs as.
+pub fn user_namespace(spec: &mut Spec, range: &IdRange) -> Result<(u32, u32), PolicyError> {
     let (uid, gid, extra) = match spec.process() {
         Some(p) => (
             p.user().uid(),
@@ -275,18 +278,18 @@ pub fn user_namespace(spec: &mut Spec, config: &ProviderConfig) -> Result<(u32, 
         .into_iter()
         .chain(extra.iter().map(|g| ("process.user.additionalGids", *g)))
     {
-        if id >= u.size {
+        if id >= range.size {
             return Err(PolicyError::spec(
                 field,
-                format!("{id} is outside the {} ids the user namespace maps", u.size),
+                format!("{id} is outside the {} ids the user namespace maps", range.size),
                 "run the image as a user below that (e.g. USER 1000 or root, which maps to an unprivileged host id), or have the provider raise user_namespace.size",
             ));
         }
     }
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
-    linux.set_uid_mappings(Some(vec![mapping(u.host_uid, u.size)]));
-    linux.set_gid_mappings(Some(vec![mapping(u.host_gid, u.size)]));
-    Ok((u.host_uid + uid, u.host_gid + gid))
+    linux.set_uid_mappings(Some(vec![mapping(range.host_uid, range.size)]));
+    linux.set_gid_mappings(Some(vec![mapping(range.host_gid, range.size)]));
+    Ok((range.host_uid + uid, range.host_gid + gid))
 }
 
 // ---------------------------------------------------------------- resources

@@ -42,6 +42,7 @@ fn app_sockets() -> HostBinds {
     HostBinds {
         vmi: Some(PathBuf::from("/run/furnace/guests/g1/apps/app1.sock")),
         init: Some(PathBuf::from(HOST_INIT)),
+        ids: ProviderConfig::default().user_namespace.range(0),
         ..HostBinds::default()
     }
 }
@@ -55,6 +56,7 @@ fn relay_binds() -> HostBinds {
             storage: "/var/lib/furnace/storage/ns/app1".into(),
         }),
         init: Some(PathBuf::from(HOST_INIT)),
+        ids: ProviderConfig::default().user_namespace.range(0),
         ..HostBinds::default()
     }
 }

@@ -50,7 +50,10 @@ fn an_app_needs_a_guest_but_a_cri_sandbox_does_not() {
         Spec::default(),
         &ann(&[(CRI_CONTAINER_TYPE, "sandbox")]),
         &ProviderConfig::default(),
-        &app_sockets(),
+        &HostBinds {
+            ids: None,
+            ..app_sockets()
+        },
     )
     .unwrap_err()
     .to_string();
@@ -337,7 +340,10 @@ fn sockets_must_come_from_the_socket_root() {
         Spec::default(),
         &ann(&[(GUEST, "g1")]),
         &ProviderConfig::default(),
-        &HostBinds::default(),
+        &HostBinds {
+            vmi: None,
+            ..app_sockets()
+        },
     )
     .unwrap_err()
     .to_string();
@@ -448,4 +454,63 @@ fn an_exec_runs_what_it_asks_as_the_hardened_init_runs() {
     requested.set_args(Some(vec![]));
     let err = policy::exec_process(&init, &requested).unwrap_err();
     assert!(err.to_string().contains("process.args"), "{err}");
+}
+
+#[test]
+fn each_partition_maps_onto_the_id_range_it_was_given_and_needs_one() {
+    let config = ProviderConfig::default();
+    let a = ann(&[(GUEST, "g1")]);
+    let third = config.user_namespace.range(2).unwrap();
+    assert_eq!(
+        (third.host_uid, third.host_gid),
+        (100_000 + 2 * 65_536, 100_000 + 2 * 65_536)
+    );
+    let h = harden(
+        Spec::default(),
+        &a,
+        &config,
+        &HostBinds {
+            ids: Some(third),
+            ..app_sockets()
+        },
+    )
+    .unwrap();
+    let linux = h.spec.linux().as_ref().unwrap();
+    let uid = &linux.uid_mappings().as_ref().unwrap()[0];
+    assert_eq!((uid.host_id(), uid.size()), (third.host_uid, 65_536));
+    assert_eq!(h.host_uid, Some(third.host_uid));
+
+    for role in [Role::App, Role::Fac] {
+        let binds = match role {
+            Role::App => app_sockets(),
+            _ => relay_binds(),
+        };
+        let e = harden_as(
+            role,
+            Spec::default(),
+            &a,
+            &config,
+            &HostBinds { ids: None, ..binds },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("host bind `ids`"), "{role:?}: {e}");
+    }
+    let sandbox = ann(&[(CRI_CONTAINER_TYPE, "sandbox")]);
+    let e = harden(
+        Spec::default(),
+        &sandbox,
+        &config,
+        &HostBinds {
+            ids: Some(third),
+            ..HostBinds::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("host bind `ids`"), "{e}");
+    assert_eq!(
+        config.user_namespace.range(config.user_namespace.ranges),
+        None
+    );
 }

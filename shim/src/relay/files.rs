@@ -6,6 +6,7 @@
 //!     <id>/                               0711 root
 //!       fac.sock                          0600 the app's host uid: the listener the shim holds
 //!       backend.pub                       0644 root: the pin, from furnace.dev/backend-key
+//!       app.key                           0400 the app's host uid: its copy of furnace.dev/app-key
 //!       relay/                            0710 root:<the relay's host gid>: its bundle
 //!         config.json                     root: the hardened spec (the bundle is closed to others)
 //!         rootfs/                         empty, read-only in the partition
@@ -13,7 +14,8 @@
 //!         broker.sock                     0600 the relay's host uid
 //!         relay.log                       0600 root: the relay's stderr
 //! <storage_root>/<namespace>/<tenant>/<id>/   0700 the relay's host uid: storage, kept
-//!                                         (<tenant>: the backend's public key, in hex)
+//!                                         (<tenant>: the backend's public key, in hex),
+//!                                         handed to each new relay's uid at start
 //! ```
 //!
 //! The binaries are bound inside the relay's own directory for the reason
@@ -57,6 +59,9 @@ impl RelayDirs {
     }
     pub fn backend_key(&self) -> PathBuf {
         self.root.join("backend.pub")
+    }
+    pub fn app_key(&self) -> PathBuf {
+        self.root.join("app.key")
     }
     pub fn bundle(&self) -> PathBuf {
         self.root.join("relay")
@@ -138,7 +143,28 @@ pub fn create(
         }
     }
     dir(&dirs.storage, 0o700)?;
-    own(&dirs.storage, uid, gid, 0o700)
+    own(&dirs.storage, uid, gid, 0o700)?;
+    hand_over(&dirs.storage, uid, gid)
+}
+
+/// Gives the entries of a kept store to this relay's host ids: each relay
+/// runs under a host id range of its own, so the last relay of this app
+/// wrote them as other ids. The store is flat; links are changed, never
+/// followed.
+fn hand_over(storage: &Path, uid: u32, gid: u32) -> Result<(), CreateError> {
+    let dir = std::fs::File::open(storage).map_err(|e| failed(storage, e))?;
+    for entry in std::fs::read_dir(storage).map_err(|e| failed(storage, e))? {
+        let entry = entry.map_err(|e| failed(storage, e))?;
+        nix::unistd::fchownat(
+            Some(std::os::fd::AsRawFd::as_raw_fd(&dir)),
+            entry.file_name().as_os_str(),
+            Some(uid.into()),
+            Some(gid.into()),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| failed(&entry.path(), e.into()))?;
+    }
+    Ok(())
 }
 
 /// Removes what [`create`] made but the storage. Safe to repeat; returns
@@ -216,7 +242,13 @@ mod tests {
         );
         assert!(remove(&dirs).is_empty(), "safe to repeat");
         claim(&dirs).unwrap();
-        create(&dirs, (4242, 4343), &binary, &binary).unwrap();
+        create(&dirs, (4444, 4545), &binary, &binary).unwrap();
+        let kept = mode(&dirs.storage.join("kept"));
+        assert_eq!(
+            (kept.1, kept.2),
+            (4444, 4545),
+            "the next relay, under other ids, owns the kept entries"
+        );
         assert!(remove(&dirs).is_empty());
     }
 }

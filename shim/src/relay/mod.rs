@@ -8,6 +8,7 @@
 //! app's mount pins; and the dialling of the backend, to exactly the
 //! annotated address, over the broker (`furnace_fac_broker`).
 
+mod app_key;
 mod dialer;
 mod files;
 mod watch;
@@ -18,9 +19,8 @@ pub use files::RelayDirs;
 use furnace_fac_broker::BrokerServer;
 use furnace_runtime::launcher::{self, Partition};
 use furnace_runtime::units::ByteSize;
-use furnace_runtime::{policy, Backend, HostBinds, ProviderConfig, RelayFiles, Role};
+use furnace_runtime::{policy, Backend, HostBinds, IdRange, ProviderConfig, RelayFiles, Role};
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,8 +43,11 @@ pub struct RelayParams<'a> {
     pub backend: &'a Backend,
     /// The app's storage quota (`furnace.dev/limits` storage, or the default).
     pub storage_quota: ByteSize,
-    /// Host uid and gid of the app, which own its facilities socket.
+    /// Host uid and gid of the app, which own its facilities socket and
+    /// its copy of its key.
     pub app_ids: (u32, u32),
+    /// The host id range claimed for the relay's own partition.
+    pub ids: IdRange,
     pub config: &'a ProviderConfig,
 }
 
@@ -75,11 +78,11 @@ impl RelayRecord {
     }
 
     /// The app's side of it: its socket and the key files.
-    pub fn app_binds(&self, backend: &Backend) -> (PathBuf, furnace_runtime::KeyFiles) {
+    pub fn app_binds(&self) -> (PathBuf, furnace_runtime::KeyFiles) {
         (
             self.dirs.app_socket(),
             furnace_runtime::KeyFiles {
-                app_key: backend.app_key.clone(),
+                app_key: self.dirs.app_key(),
                 backend_key: self.dirs.backend_key(),
             },
         )
@@ -115,9 +118,8 @@ impl FacRelay {
         )?;
         let init = launcher::init_path().map_err(CreateError::Failed)?;
         let program = launcher::relay_path().map_err(CreateError::Failed)?;
-        let ns = p.config.user_namespace;
         // The relay runs as its partition's root: this host uid and gid.
-        let relay_ids = (ns.host_uid, ns.host_gid);
+        let relay_ids = (p.ids.host_uid, p.ids.host_gid);
         files::create(dirs, relay_ids, &init, &program)?;
 
         let failed = |what: &Path, e: std::io::Error| {
@@ -126,6 +128,12 @@ impl FacRelay {
         std::fs::write(dirs.backend_key(), format!("{}\n", p.backend.key))
             .map_err(|e| failed(&dirs.backend_key(), e))?;
         files::own(&dirs.backend_key(), 0, 0, 0o644)?;
+        app_key::copy_for_app(
+            &p.backend.app_key,
+            &p.config.facilities.key_root,
+            &dirs.app_key(),
+            p.app_ids,
+        )?;
         let app =
             UnixListener::bind(dirs.app_socket()).map_err(|e| failed(&dirs.app_socket(), e))?;
         files::own(&dirs.app_socket(), p.app_ids.0, p.app_ids.1, 0o600)?;
@@ -259,6 +267,7 @@ fn write_spec(record: &RelayRecord, p: &RelayParams<'_>) -> Result<(), CreateErr
             storage: dirs.storage.clone(),
         }),
         init: Some(dirs.init()),
+        ids: Some(p.ids),
         ..HostBinds::default()
     };
     let mut hardened =
@@ -275,82 +284,4 @@ fn write_spec(record: &RelayRecord, p: &RelayParams<'_>) -> Result<(), CreateErr
         .spec
         .save(&path)
         .map_err(|e| CreateError::Failed(format!("writing {}: {e}", path.display())))
-}
-
-/// Refuses an app key that is not the app's own secret: the shim binds the
-/// file as it is and never reads or copies it, so it must be a plain file
-/// (no symlink, one link) owned by the app's host uid and readable by it
-/// alone.
-pub fn check_app_key(path: &Path, app_ids: (u32, u32)) -> Result<(), CreateError> {
-    let annotation = furnace_runtime::annotations::APP_KEY;
-    let (uid, gid) = app_ids;
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| CreateError::Invalid(format!("{annotation}: {}: {e}", path.display())))?;
-    let through_symlink = std::fs::canonicalize(path).map_or(true, |c| c != path);
-    let mode = meta.mode() & 0o7777;
-    let problem = if !meta.file_type().is_file() || through_symlink {
-        Some("is not a plain file (a symlink, or a path through one?)".to_string())
-    } else if meta.nlink() != 1 {
-        Some(format!("has {} hard links", meta.nlink()))
-    } else if meta.uid() != uid || mode & 0o400 == 0 {
-        Some(format!(
-            "(mode {mode:o}, owner {}:{}) is not readable by the app, which runs as host uid {uid}",
-            meta.uid(),
-            meta.gid()
-        ))
-    } else if mode & 0o077 != 0 {
-        Some(format!("(mode {mode:o}) is open to others than its owner"))
-    } else {
-        None
-    };
-    match problem {
-        None => Ok(()),
-        Some(problem) => Err(CreateError::Invalid(format!(
-            "{annotation}: {} {problem}; the key must be the app's alone: `chown {uid}:{gid} {}; chmod 0400 {}`",
-            path.display(),
-            path.display(),
-            path.display()
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_app_key;
-    use std::os::unix::fs::PermissionsExt;
-
-    /// Real files (the tests run as root, as the shim).
-    #[test]
-    fn only_a_plain_private_file_of_the_apps_uid_is_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = (4242, 4242);
-        let key = dir.path().join("app.key");
-        std::fs::write(&key, "k").unwrap();
-        std::os::unix::fs::chown(&key, Some(ids.0), Some(ids.1)).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
-        check_app_key(&key, ids).unwrap();
-
-        let refused = |path: &std::path::Path, why: &str| {
-            let e = check_app_key(path, ids).unwrap_err().to_string();
-            assert!(e.contains("furnace.dev/app-key") && e.contains(why), "{e}");
-            assert!(e.contains("chown 4242:4242"), "{e}");
-        };
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        refused(&key, "open to others");
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        check_app_key(&key, ids).unwrap();
-        std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
-        refused(&key, "not readable by the app");
-        std::os::unix::fs::chown(&key, Some(ids.0), Some(ids.1)).unwrap();
-
-        let link = dir.path().join("link.key");
-        std::os::unix::fs::symlink(&key, &link).unwrap();
-        refused(&link, "not a plain file");
-        let hard = dir.path().join("hard.key");
-        std::fs::hard_link(&key, &hard).unwrap();
-        refused(&hard, "2 hard links");
-        refused(dir.path(), "not a plain file");
-        let missing = check_app_key(&dir.path().join("missing.key"), ids).unwrap_err();
-        assert!(missing.to_string().contains("No such file"), "{missing}");
-    }
 }
