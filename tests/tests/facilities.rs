@@ -496,18 +496,21 @@ fn an_app_key_not_roots_alone_or_outside_key_root_is_refused_at_create() {
         let last = flags.len() - 1;
         flags[last] = format!("furnace.dev/app-key={}", key.display());
         tenant::remove_storage_at_exit(id);
-        let out = t
-            .stack
-            .run(id, &strs(&flags), &["/furnace-probe", "fac", "keys"]);
-        assert!(!out.status.success(), "{id} ran");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("furnace.dev/app-key") && err.contains(expected),
-            "{id}: {err}"
-        );
-        assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
-        t.stack.remove(id);
+        refused_at_create(t, id, &flags, &["furnace.dev/app-key", expected]);
     }
+}
+
+/// Runs the probe as `id` with `flags`: create must fail with every one of
+/// `words` in its error, and leave no relay set up.
+fn refused_at_create(t: &Tenants, id: &str, flags: &[String], words: &[&str]) {
+    let out = t
+        .stack
+        .run(id, &strs(flags), &["/furnace-probe", "fac", "keys"]);
+    assert!(!out.status.success(), "{id} ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(words.iter().all(|w| err.contains(w)), "{id}: {err}");
+    assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
+    t.stack.remove(id);
 }
 
 /// The shim dials from the host's network: a backend on the host itself or
@@ -521,17 +524,7 @@ fn a_backend_on_the_host_or_link_local_is_refused_at_create() {
         ("fac-metadata", "169.254.169.254:80"),
     ] {
         let flags = t.flags("alpha", address, "be", None);
-        let out = t
-            .stack
-            .run(id, &strs(&flags), &["/furnace-probe", "fac", "keys"]);
-        assert!(!out.status.success(), "{id} ran");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("refused_backend_networks") && err.contains(address),
-            "{id}: {err}"
-        );
-        assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
-        t.stack.remove(id);
+        refused_at_create(t, id, &flags, &["refused_backend_networks", address]);
     }
 }
 
