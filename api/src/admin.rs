@@ -38,6 +38,19 @@ impl Admin {
             .apps)
     }
 
+    pub fn get_app(&self, app_id: &str) -> Result<v1::AppInfo> {
+        self.client.call(
+            "GetApp",
+            &v1::GetAppRequest {
+                app_id: app_id.into(),
+            },
+        )
+    }
+
+    pub fn restrict(&self, request: &v1::RestrictRequest) -> Result<v1::AppInfo> {
+        self.client.call("Restrict", request)
+    }
+
     pub fn health(&self) -> Result<v1::HealthResponse> {
         self.client.call("Health", &v1::HealthRequest {})
     }

@@ -116,6 +116,7 @@ fn the_backend_prints_messages_answers_requests_and_sends_from_stdin() {
         limits: Limits::default(),
         storage: None,
         backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+        rate_limited: Arc::default(),
     });
     runtime.spawn(relay.serve(listener));
 

@@ -38,12 +38,14 @@
 //! max_pause_ms = 10000
 //! ```
 
+mod defense;
 mod error;
 mod load;
 mod schema;
 pub mod units;
 mod validate;
 
+pub use defense::{default_rules, Condition, DefenseConfig, Response, ResponseKind, Rule};
 pub use error::ConfigError;
 pub use ipnet::IpNet;
 pub use schema::{
@@ -52,6 +54,7 @@ pub use schema::{
     MIN_CPU,
 };
 pub use units::ByteSize;
+pub use validate::MAX_WINDOW_MS;
 
 /// Where the provider config lives unless containerd's `ConfigPath` (or a
 /// `--config`) says otherwise.

@@ -323,6 +323,34 @@ mod tests {
                 "user_namespace.ranges",
             ),
             ("[sidecar]\nworker_uid = 100001\n", "sidecar.worker_uid"),
+            (
+                "[defense]\npoll_ms = 10\n",
+                "defense.poll_ms",
+            ),
+            (
+                "[defense]\naudit_log = \"audit.jsonl\"\n",
+                "defense.audit_log",
+            ),
+            (
+                "[[defense.rules]]\nname = \"t\"\nwhen = \"oom_kills\"\ncount = 1\nwindow_ms = 1000\nthen = \"throttle\"\n",
+                "defense.rules[0].then",
+            ),
+            (
+                "[[defense.rules]]\nname = \"k\"\nwhen = \"oom_kills\"\ncount = 1\nwindow_ms = 1000\nthen = \"kill\"\npermission = \"read\"\n",
+                "defense.rules[0].then",
+            ),
+            (
+                "[[defense.rules]]\nname = \"w\"\nwhen = \"oom_kills\"\ncount = 1\nwindow_ms = 700000\nthen = \"log\"\n",
+                "defense.rules[0].window_ms",
+            ),
+            (
+                "[[defense.rules]]\nname = \"a\"\nwhen = \"oom_kills\"\ncount = 0\nwindow_ms = 1000\nthen = \"log\"\n",
+                "defense.rules[0].count",
+            ),
+            (
+                "[[defense.rules]]\nname = \"a\"\nwhen = \"oom_kills\"\ncount = 1\nwindow_ms = 1000\nthen = \"log\"\n[[defense.rules]]\nname = \"a\"\nwhen = \"oom_kills\"\ncount = 1\nwindow_ms = 1000\nthen = \"kill\"\n",
+                "defense.rules[1].name",
+            ),
             ("tmp_size = 0\n", "tmp_size"),
             (
                 "[sidecar]\nmax_read_bytes = 4194304\n",

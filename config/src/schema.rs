@@ -2,6 +2,7 @@
 //! `#[serde(default, deny_unknown_fields)]`: any key may be left out, and a
 //! key the schema does not have is an error.
 
+use crate::defense::DefenseConfig;
 use crate::units::ByteSize;
 use furnace_api::v1::Permission;
 use furnace_api::wire::MAX_PAYLOAD;
@@ -37,6 +38,8 @@ pub struct ProviderConfig {
     pub sidecar: SidecarConfig,
     /// The facilities relay of an app that names a backend.
     pub facilities: FacilitiesConfig,
+    /// The rules by which the shim watches and answers each app partition.
+    pub defense: DefenseConfig,
 }
 
 impl Default for ProviderConfig {
@@ -52,6 +55,7 @@ impl Default for ProviderConfig {
             tmp_exec: false,
             sidecar: SidecarConfig::default(),
             facilities: FacilitiesConfig::default(),
+            defense: DefenseConfig::default(),
         }
     }
 }

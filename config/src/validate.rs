@@ -1,5 +1,6 @@
 //! The checks serde cannot make: ranges, and the order of default and max.
 
+use crate::defense::{DefenseConfig, ResponseKind};
 use crate::error::ConfigError;
 use crate::schema::{FacilitiesConfig, Limits, ProviderConfig, SidecarConfig, MIN_CPU};
 use furnace_api::v1::Permission;
@@ -112,7 +113,102 @@ impl ProviderConfig {
             ));
         }
         self.sidecar.validate()?;
-        self.facilities.validate()
+        self.facilities.validate()?;
+        self.defense.validate()
+    }
+}
+
+/// An absolute path of plain names only (no `.`, `..`), and not `/` itself.
+fn plain_absolute(key: &str, path: &Path, example: &str) -> Result<(), ConfigError> {
+    let clean = path
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !path.is_absolute() || !clean || path == Path::new("/") {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{}` is not a plain absolute path below /", path.display()),
+            format!("use an absolute path such as {example}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest window a rule may count over; the loop keeps that much history.
+pub const MAX_WINDOW_MS: u64 = 600_000;
+
+impl DefenseConfig {
+    /// Checks the `[defense]` table (keys named `defense.*`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        plain_absolute(
+            "defense.audit_log",
+            &self.audit_log,
+            "/var/log/furnace/audit.jsonl",
+        )?;
+        if !(50..=10_000).contains(&self.poll_ms) {
+            return Err(ConfigError::invalid(
+                "defense.poll_ms",
+                format!("{} ms is not between 50 and 10000", self.poll_ms),
+                "use a period such as 250 (the default)",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let key = |field: &str| format!("defense.rules[{i}].{field}");
+            let valid_name = !rule.name.is_empty()
+                && rule.name.len() <= 64
+                && rule
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !valid_name {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("{:?} is not 1-64 characters of [A-Za-z0-9_.-]", rule.name),
+                    "name the rule, e.g. \"forbidden-calls-throttle\"",
+                ));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("another rule is already named {:?}", rule.name),
+                    "give each rule its own name: the audit log cites it",
+                ));
+            }
+            if rule.count == 0 {
+                return Err(ConfigError::invalid(
+                    key("count"),
+                    "0 would fire the rule with nothing seen",
+                    "use a count of at least 1",
+                ));
+            }
+            if rule.window_ms < u64::from(self.poll_ms) || rule.window_ms > MAX_WINDOW_MS {
+                return Err(ConfigError::invalid(
+                    key("window_ms"),
+                    format!(
+                        "{} ms is not between defense.poll_ms ({}) and {MAX_WINDOW_MS}",
+                        rule.window_ms, self.poll_ms
+                    ),
+                    "use a window such as 10000 (10 s)",
+                ));
+            }
+            if rule.response().is_none() {
+                let fix = match rule.then {
+                    ResponseKind::Throttle => {
+                        "`then = \"throttle\"` takes `calls_per_second` (at least 1) and no `permission`"
+                    }
+                    ResponseKind::Revoke => {
+                        "`then = \"revoke\"` takes `permission` (e.g. \"pause\") and no `calls_per_second`"
+                    }
+                    _ => "only throttle takes `calls_per_second`, only revoke takes `permission`",
+                };
+                return Err(ConfigError::invalid(
+                    key("then"),
+                    "the response's parameters are missing or do not belong to it",
+                    fix,
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -143,25 +239,12 @@ impl FacilitiesConfig {
                 "raise facilities.max_bytes_in_flight to at least max_message_bytes",
             ));
         }
-        for (key, path, example) in [
-            (
-                "facilities.storage_root",
-                &self.storage_root,
-                "/var/lib/furnace/storage",
-            ),
-            ("facilities.key_root", &self.key_root, "/etc/furnace/keys"),
-        ] {
-            let clean = path
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !path.is_absolute() || !clean || path == Path::new("/") {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("`{}` is not a plain absolute path below /", path.display()),
-                    format!("use an absolute path such as {example}"),
-                ));
-            }
-        }
+        plain_absolute(
+            "facilities.storage_root",
+            &self.storage_root,
+            "/var/lib/furnace/storage",
+        )?;
+        plain_absolute("facilities.key_root", &self.key_root, "/etc/furnace/keys")?;
         check_limits(
             "facilities.relay",
             &self.relay.with_storage(crate::ByteSize(0)),

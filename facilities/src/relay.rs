@@ -12,7 +12,7 @@ use furnace_api::facilities::seal::sealed_len;
 use furnace_api::{ApiError, ErrorCode};
 use furnace_fac_broker::BrokerClient;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
@@ -82,6 +82,9 @@ pub struct Relay {
     pub storage: Option<Arc<Mutex<Store>>>,
     /// The first and the longest wait between reconnects.
     pub backoff: (Duration, Duration),
+    /// Messages refused at the rate limit, across sessions; reported to the
+    /// shim (docs/defense.md).
+    pub rate_limited: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -316,7 +319,7 @@ impl Relay {
         match body {
             Body::Sealed(sealed) => {
                 let seq = sealed.seq;
-                if let Err(e) = s.admit(&sealed, &self.limits, link.is_some()) {
+                if let Err(e) = s.admit(&sealed, &self.limits, link.is_some(), &self.rate_limited) {
                     return vec![failed(seq, e.code, &e.message)];
                 }
                 let notify = sealed.kind == Kind::Notify as i32;
@@ -469,7 +472,13 @@ impl Session {
     }
 
     /// Checks one sealed message from the app against the limits.
-    fn admit(&mut self, m: &fac::Sealed, limits: &Limits, connected: bool) -> Result<(), ApiError> {
+    fn admit(
+        &mut self,
+        m: &fac::Sealed,
+        limits: &Limits,
+        connected: bool,
+        rate_limited: &AtomicU64,
+    ) -> Result<(), ApiError> {
         let limit = |msg: String| Err(ApiError::new(ErrorCode::LimitExceeded, msg));
         if m.seq != self.last_seq + 1 {
             return Err(ApiError::new(
@@ -500,6 +509,7 @@ impl Session {
             .min(self.rate);
         self.refilled = now;
         if self.tokens < 1.0 {
+            rate_limited.fetch_add(1, Ordering::Relaxed);
             return limit(format!(
                 "over the provider's rate of {} messages a second",
                 limits.messages_per_second

@@ -282,6 +282,16 @@ impl Instance {
         })
     }
 
+    /// Messages the app's relay refused at the rate limit; `None` without one.
+    pub fn relay_rate_limited(&self) -> Option<u64> {
+        self.relay.as_ref().map(FacRelay::rate_limited)
+    }
+
+    /// The app's registration with its guest's sidecar; `None` for a sandbox.
+    pub fn registration(&self) -> Option<&Registration> {
+        self.registration.as_ref()
+    }
+
     pub fn partition(&self) -> &Partition {
         &self.partition
     }

@@ -4,12 +4,13 @@
 //! - [`instance`]: one task's partition, from bundle to teardown;
 //! - [`shim`]: start/serve/delete as containerd drives a shim;
 //! - [`exec`]: exec processes; [`process`]: what the init and they share;
-//! - [`stdio`], [`events`], [`oom`], [`metrics`], [`registration`],
-//!   [`record`], [`options`], [`info`]: one concern each.
+//! - [`stdio`], [`events`], [`oom`], [`defense`], [`metrics`], [`registration`],
+//!   [`record`], [`options`], [`info`], [`id_ranges`]: one concern each.
 //!
 //! The partition itself (policy and libcontainer launcher) is `furnace-runtime`;
 //! its launch helper is the second binary here, `furnace-launch-helper`.
 
+mod defense;
 mod events;
 mod exec;
 mod id_ranges;

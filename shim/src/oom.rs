@@ -90,7 +90,18 @@ fn follow_v2(dir: &Path, on_oom: impl Fn()) -> std::io::Result<()> {
     }
 }
 
-/// The `oom_kill` count of a v2 `memory.events` file.
+/// How many processes the OOM killer ended in the partition whose cgroup
+/// is `cgroups_path`, from v1's `memory.oom_control` or v2's `memory.events`.
+pub fn kills(cgroups_path: &Path) -> Option<u64> {
+    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+    let v1 = Path::new(CGROUP_ROOT).join("memory").join(relative);
+    if v1.is_dir() {
+        return oom_kills(&v1.join("memory.oom_control"));
+    }
+    oom_kills(&Path::new(CGROUP_ROOT).join(relative).join("memory.events"))
+}
+
+/// The `oom_kill` line of v2's `memory.events` or v1's `memory.oom_control`.
 fn oom_kills(file: &Path) -> Option<u64> {
     std::fs::read_to_string(file)
         .ok()?

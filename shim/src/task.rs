@@ -269,6 +269,12 @@ impl Task for TaskService {
             &req.id,
             Arc::clone(&self.events),
         );
+        crate::defense::watch(
+            &instance,
+            format!("{}/{}", self.namespace, req.id),
+            &config.defense,
+            Arc::clone(&self.events),
+        );
 
         // An init that died before we knew its pid.
         if let Some(code) = early_exit {

@@ -4,6 +4,7 @@
 //! it, every value as written rather than a default. A misspelt key is
 //! refused by each of them, naming the key and the file. No guest needed.
 
+use furnace_api::v1::Permission;
 use furnace_config::{ByteSize, MaxLimits, ProviderConfig, SeccompMode};
 use furnace_tests::{bin_dir, furnace_bin};
 use std::collections::BTreeSet;
@@ -124,6 +125,28 @@ fn the_shim_and_the_sidecar_read_every_value_of_the_documented_example() {
         (u.host_uid, u.host_gid, u.size, u.ranges),
         (200_000, 200_000, 32_768, 64)
     );
+    let defense = &shim.defense;
+    assert_eq!(
+        (
+            defense.audit_log.as_path(),
+            defense.poll_ms,
+            defense.rules.len()
+        ),
+        (Path::new("/srv/furnace-audit/audit.jsonl"), 500, 2)
+    );
+    assert_eq!(
+        defense.rules[0].response(),
+        Some(furnace_config::Response::Throttle {
+            calls_per_second: 2
+        })
+    );
+    assert_eq!(
+        defense.rules[1].response(),
+        Some(furnace_config::Response::Revoke {
+            permission: Permission::Pause
+        })
+    );
+    assert_ne!(shim.defense, default.defense);
     assert_ne!(shim.socket_root, default.socket_root);
     assert_ne!(shim.tmp_size, default.tmp_size);
     assert_ne!(shim.limits, default.limits);

@@ -11,9 +11,14 @@
 //!   shim read from the app's annotations. The relay never names an address,
 //!   so it can reach that backend and nothing else.
 //!
+//! One more message goes the other way, a report rather than a request:
+//! the relay's running count of messages it refused at the provider's rate
+//! limit, which the shim's self-defense loop counts (docs/defense.md).
+//!
 //! Wire format: the request is one byte. The reply is one status byte: `0`
 //! with the descriptor attached (`SCM_RIGHTS`), or `1` followed by a
-//! big-endian `u16` length and that many bytes of UTF-8 error text.
+//! big-endian `u16` length and that many bytes of UTF-8 error text. A report
+//! is the byte `R` and a big-endian `u64`, answered by the status byte `0`.
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -37,6 +42,8 @@ const MAX_MESSAGE: usize = 1024;
 
 const OK: u8 = 0;
 const REFUSED: u8 = 1;
+/// The byte that starts a rate-limit report.
+const REPORT: u8 = b'R';
 
 /// What the relay asks the shim for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,14 +109,44 @@ impl BrokerClient {
         Ok(TcpStream::from(self.ask(Request::Backend)?))
     }
 
-    fn ask(&self, request: Request) -> Result<OwnedFd, BrokerError> {
-        let io = |source| BrokerError::Io {
+    /// Tells the shim how many messages this relay has refused at the rate
+    /// limit since it started.
+    pub fn report_rate_limited(&self, total: u64) -> Result<(), BrokerError> {
+        let mut stream = self.connect()?;
+        let mut message = vec![REPORT];
+        message.extend_from_slice(&total.to_be_bytes());
+        stream.write_all(&message).map_err(|e| self.io(e))?;
+        let mut status = [0u8; 1];
+        stream.read_exact(&mut status).map_err(|e| self.io(e))?;
+        if status[0] != OK {
+            return Err(BrokerError::Malformed {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn io(&self, source: std::io::Error) -> BrokerError {
+        BrokerError::Io {
             path: self.path.clone(),
             source,
-        };
-        let mut stream = UnixStream::connect(&self.path).map_err(io)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+        }
+    }
+
+    fn connect(&self) -> Result<UnixStream, BrokerError> {
+        let stream = UnixStream::connect(&self.path).map_err(|e| self.io(e))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| self.io(e))?;
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| self.io(e))?;
+        Ok(stream)
+    }
+
+    fn ask(&self, request: Request) -> Result<OwnedFd, BrokerError> {
+        let io = |source| self.io(source);
+        let mut stream = self.connect()?;
         stream.write_all(&[request.byte()]).map_err(io)?;
         let mut status = [0u8; 1];
         let mut space = nix::cmsg_space!([RawFd; 1]);
@@ -157,6 +194,9 @@ impl BrokerClient {
 /// Answers one request: the descriptor to hand over, or why not.
 pub trait Provider: Send + Sync + 'static {
     fn provide(&self, request: Request) -> Result<OwnedFd, String>;
+
+    /// Takes the relay's report of its rate-limit refusals since it started.
+    fn rate_limited(&self, _total: u64) {}
 }
 
 /// The shim's side: serves `listener` on a thread of its own until
@@ -265,6 +305,12 @@ fn answer(mut stream: UnixStream, provider: &dyn Provider) -> std::io::Result<()
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut byte = [0u8; 1];
     stream.read_exact(&mut byte)?;
+    if byte[0] == REPORT {
+        let mut total = [0u8; 8];
+        stream.read_exact(&mut total)?;
+        provider.rate_limited(u64::from_be_bytes(total));
+        return stream.write_all(&[OK]);
+    }
     let reply = match Request::from_byte(byte[0]) {
         Some(request) => provider.provide(request),
         None => Err(format!("unknown broker request {:#04x}", byte[0])),
@@ -303,6 +349,7 @@ mod tests {
     struct Fixed {
         app: UnixListener,
         backend: String,
+        reported: std::sync::Mutex<Vec<u64>>,
     }
 
     impl Provider for Fixed {
@@ -318,21 +365,47 @@ mod tests {
                     .map_err(|e| format!("connecting to {}: {e}", self.backend)),
             }
         }
+
+        fn rate_limited(&self, total: u64) {
+            self.reported.lock().unwrap().push(total);
+        }
     }
 
     fn serve(dir: &Path, backend: String) -> (BrokerServer, PathBuf, PathBuf) {
+        let (server, app_path, broker_path, _) = serve_provider(dir, backend);
+        (server, app_path, broker_path)
+    }
+
+    fn serve_provider(dir: &Path, backend: String) -> (BrokerServer, PathBuf, PathBuf, Arc<Fixed>) {
         let app_path = dir.join("fac.sock");
         let broker_path = dir.join("broker.sock");
-        let provider = Fixed {
+        let provider = Arc::new(Fixed {
             app: UnixListener::bind(&app_path).unwrap(),
             backend,
-        };
+            reported: Default::default(),
+        });
         let server = BrokerServer::spawn(
             UnixListener::bind(&broker_path).unwrap(),
-            Arc::new(provider),
+            Arc::clone(&provider) as Arc<dyn Provider>,
         )
         .unwrap();
-        (server, app_path, broker_path)
+        (server, app_path, broker_path, provider)
+    }
+
+    #[test]
+    fn the_relays_reports_reach_the_provider_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, _, broker, provider) = serve_provider(dir.path(), "127.0.0.1:1".into());
+        let client = BrokerClient::new(&broker);
+        client.report_rate_limited(3).unwrap();
+        client.report_rate_limited(u64::MAX).unwrap();
+        assert_eq!(*provider.reported.lock().unwrap(), [3, u64::MAX]);
+        // A report cut short is dropped, and the broker serves on.
+        let mut short = UnixStream::connect(&broker).unwrap();
+        short.write_all(&[REPORT, 0, 0]).unwrap();
+        drop(short);
+        client.report_rate_limited(4).unwrap();
+        assert_eq!(*provider.reported.lock().unwrap(), [3, u64::MAX, 4]);
     }
 
     #[test]

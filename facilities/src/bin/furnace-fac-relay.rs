@@ -7,6 +7,7 @@ use furnace_fac::relay::{Limits, Relay};
 use furnace_fac::storage::Store;
 use furnace_fac_broker::BrokerClient;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,7 +98,11 @@ fn run(args: Args) -> Result<(), String> {
         },
         storage,
         backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        rate_limited: Arc::default(),
     });
+    if let Some(broker) = relay.broker.clone() {
+        report_rate_limited(broker, Arc::clone(&relay.rate_limited))?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,4 +125,28 @@ fn run(args: Args) -> Result<(), String> {
             }
         }
     })
+}
+
+/// How often the relay's rate-limit count is sent to the shim, when it changed.
+const REPORT_PERIOD: Duration = Duration::from_millis(250);
+
+/// Sends the shim `count` whenever it changed, for as long as the relay runs.
+fn report_rate_limited(broker: BrokerClient, count: Arc<AtomicU64>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("rate-report".into())
+        .spawn(move || {
+            let mut reported = 0;
+            loop {
+                std::thread::sleep(REPORT_PERIOD);
+                let now = count.load(Ordering::Relaxed);
+                if now != reported {
+                    match broker.report_rate_limited(now) {
+                        Ok(()) => reported = now,
+                        Err(e) => tracing::warn!("reporting rate-limit refusals to the shim: {e}"),
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the rate-limit reporter: {e}"))
 }

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// All of one dial, over every address; the relay gives up after 5 s.
@@ -52,6 +53,29 @@ pub struct Dialer {
     pub address: String,
     pub addresses: Vec<SocketAddr>,
     pub dialing: AtomicUsize,
+    pub rate_limited: Arc<RateLimitTotal>,
+}
+
+/// The messages the task's relays refused at the rate limit, as they report
+/// them. Each relay counts from 0, so a report lower than the last one comes
+/// from a restarted relay, and the last one's count is kept.
+#[derive(Default)]
+pub struct RateLimitTotal(Mutex<(u64, u64)>);
+
+impl RateLimitTotal {
+    fn update(&self, total: u64) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (earlier, current) = &mut *counts;
+        if total < *current {
+            *earlier = earlier.saturating_add(*current);
+        }
+        *current = total;
+    }
+
+    pub fn get(&self) -> u64 {
+        let counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        counts.0.saturating_add(counts.1)
+    }
 }
 
 impl Provider for Dialer {
@@ -74,6 +98,10 @@ impl Provider for Dialer {
                 result
             }
         }
+    }
+
+    fn rate_limited(&self, total: u64) {
+        self.rate_limited.update(total);
     }
 }
 

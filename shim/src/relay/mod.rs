@@ -93,6 +93,7 @@ impl RelayRecord {
 pub struct FacRelay {
     record: RelayRecord,
     relay: Arc<watch::Relay>,
+    rate_limited: Arc<dialer::RateLimitTotal>,
     broker: Mutex<Option<BrokerServer>>,
     supervisor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -144,7 +145,9 @@ impl FacRelay {
             address: p.backend.address.clone(),
             addresses,
             dialing: AtomicUsize::new(0),
+            rate_limited: Arc::default(),
         };
+        let rate_limited = Arc::clone(&dialer.rate_limited);
         let broker = BrokerServer::spawn(broker, Arc::new(dialer))
             .map_err(|e| CreateError::Failed(format!("starting the facilities broker: {e}")))?;
 
@@ -168,6 +171,7 @@ impl FacRelay {
         Ok(FacRelay {
             record,
             relay,
+            rate_limited,
             broker: Mutex::new(Some(broker)),
             supervisor: Mutex::new(Some(supervisor)),
         })
@@ -175,6 +179,11 @@ impl FacRelay {
 
     pub fn record(&self) -> &RelayRecord {
         &self.record
+    }
+
+    /// Messages this task's relays have refused at the rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.get()
     }
 
     /// The relay's init, while one runs.

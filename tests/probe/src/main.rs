@@ -88,6 +88,12 @@
 //! `furnace vmi ps --json` prints them (`furnace_api::v1::Process`). Default
 //! socket: `/run/furnace/vmi.sock`. On error: the error on stderr, exit 1.
 //!
+//! # `furnace-probe vmi-hammer N MS`
+//!
+//! N `WritePhysical` calls through `/run/furnace/vmi.sock`, MS ms apart, one
+//! line per call with its error code (`NOT_PERMITTED` for an app without
+//! `write`).
+//!
 //! # `furnace-probe fac STEP...`
 //!
 //! The app's facilities session, one JSON line per step (`fac.rs` lists
@@ -222,6 +228,7 @@ fn print_json(value: &serde_json::Value) {
 const USAGE: &str = "usage: furnace-probe policy
        furnace-probe escape [--host-pid N] [--guest G] [--other-socket PATH] [--only a,b]
        furnace-probe vmi-ps [--socket PATH]
+       furnace-probe vmi-hammer N MS
        furnace-probe hold
        furnace-probe exit N";
 
@@ -275,6 +282,7 @@ fn main() {
             Err(problem) => usage(&problem),
         },
         "vmi-ps" => std::process::exit(vmi::ps(rest)),
+        "vmi-hammer" => std::process::exit(vmi::hammer(rest)),
         "fac" => std::process::exit(fac::run(rest)),
         "hold" => hold(),
         "exit" => match rest {

@@ -35,6 +35,15 @@ impl Sidecar {
             }
             .encode_to_vec()),
             "Health" => Ok(self.health().encode_to_vec()),
+            "GetApp" => {
+                let r = v1::GetAppRequest::decode(payload).map_err(|_| decode("GetApp"))?;
+                let app = self.registered(&r.app_id)?;
+                Ok(self.app_info(&app).encode_to_vec())
+            }
+            "Restrict" => {
+                let r = v1::RestrictRequest::decode(payload).map_err(|_| decode("Restrict"))?;
+                Ok(self.restrict(&r)?.encode_to_vec())
+            }
             _ => Err(ApiError::new(
                 ErrorCode::Unsupported,
                 format!("no method /furnace.vmi.v1.Admin/{method}"),
@@ -134,6 +143,7 @@ impl Sidecar {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
         let released = self.leases.release_where(|h| h.app == id);
+        self.leases.forget(id);
         let subscriptions = self.events.remove_where(|o| o.app == id);
         tracing::info!(app = %id, released_leases = released, subscriptions, "unregistered");
         Ok(v1::UnregisterResponse {
@@ -144,16 +154,77 @@ impl Sidecar {
     fn list_apps(&self) -> Vec<v1::AppInfo> {
         self.apps
             .all()
-            .into_iter()
-            .map(|app| v1::AppInfo {
-                app_id: app.id.clone(),
-                permissions: app.permissions.iter().map(|p| *p as i32).collect(),
-                socket_path: app.socket.display().to_string(),
-                connections: app.connections().len() as u32,
-                leases: self.leases.count_where(|h| h.app == app.id) as u32,
-                subscriptions: self.events.subscription_count(&app.id) as u32,
-            })
+            .iter()
+            .map(|app| self.app_info(app))
             .collect()
+    }
+
+    fn registered(&self, id: &str) -> OpResult<Arc<App>> {
+        self.apps
+            .get(id)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no app {id} is registered")))
+    }
+
+    fn app_info(&self, app: &App) -> v1::AppInfo {
+        let r = &app.restrictions;
+        v1::AppInfo {
+            app_id: app.id.clone(),
+            permissions: app.granted().iter().map(|p| *p as i32).collect(),
+            socket_path: app.socket.display().to_string(),
+            connections: app.connections().len() as u32,
+            leases: self.leases.count_where(|h| h.app == app.id) as u32,
+            subscriptions: self.events.subscription_count(&app.id) as u32,
+            not_permitted: r.not_permitted(),
+            limit_exceeded: r.limit_exceeded(),
+            pause_overruns: self.leases.overruns(&app.id),
+            throttle_calls_per_second: r.calls_per_second(),
+            revoked: app
+                .permissions
+                .iter()
+                .filter(|p| r.is_revoked(**p))
+                .map(|p| *p as i32)
+                .collect(),
+        }
+    }
+
+    /// The self-defense loop's answers: a throttle on the app's calls, and
+    /// permissions taken back along with what they hold.
+    fn restrict(&self, request: &v1::RestrictRequest) -> OpResult<v1::AppInfo> {
+        let app = self.registered(&request.app_id)?;
+        let mut revoke = Vec::new();
+        for &p in &request.revoke {
+            match Permission::try_from(p) {
+                Ok(Permission::Unspecified) | Err(_) => {
+                    return Err(invalid(format!("unknown permission {p}")))
+                }
+                Ok(p) => revoke.push(p),
+            }
+        }
+        app.restrictions.throttle(request.calls_per_second);
+        for p in &revoke {
+            app.restrictions.revoke(*p);
+        }
+        let id = app.id.as_str();
+        let released = if revoke.contains(&Permission::Pause) {
+            self.leases.release_where(|h| h.app == id)
+        } else {
+            0
+        };
+        let ended =
+            if revoke.contains(&Permission::Events) || revoke.contains(&Permission::Syscalls) {
+                self.events.remove_where(|o| o.app == id)
+            } else {
+                0
+            };
+        tracing::warn!(
+            app = %id,
+            calls_per_second = request.calls_per_second,
+            revoked = ?revoke.iter().map(|p| permission_name(*p)).collect::<Vec<_>>(),
+            released_leases = released,
+            ended_subscriptions = ended,
+            "restricted by the provider"
+        );
+        Ok(self.app_info(&app))
     }
 
     fn health(&self) -> v1::HealthResponse {

@@ -1,5 +1,6 @@
 //! Registered apps: their permissions, sockets and live connections.
 
+use super::restrictions::Restrictions;
 use crate::driver::{RunState, VmControl};
 use crate::error::{Result as VmiResult, VmiError};
 use crate::linux::LinuxKernel;
@@ -20,6 +21,8 @@ pub struct App {
     pub(super) connections: Mutex<HashMap<u64, UnixStream>>,
     pub(super) in_flight: AtomicU32,
     pub(super) closed: AtomicBool,
+    /// What the self-defense loop counts of the app and has done to it.
+    pub(super) restrictions: Restrictions,
     /// A handle on the app's listener, to wake its accept thread.
     listener: Mutex<Option<UnixListener>>,
 }
@@ -41,6 +44,7 @@ impl App {
             connections: Mutex::default(),
             in_flight: AtomicU32::new(0),
             closed: AtomicBool::new(false),
+            restrictions: Restrictions::default(),
             listener: Mutex::default(),
         }
     }
@@ -55,6 +59,20 @@ impl App {
         if let Some(listener) = &*self.listener.lock().unwrap_or_else(|p| p.into_inner()) {
             super::wake_accept(listener);
         }
+    }
+
+    /// Whether the app was granted `permission` and still holds it.
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission) && !self.restrictions.is_revoked(permission)
+    }
+
+    /// The permissions the app still holds.
+    pub fn granted(&self) -> BTreeSet<Permission> {
+        self.permissions
+            .iter()
+            .copied()
+            .filter(|p| !self.restrictions.is_revoked(*p))
+            .collect()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -84,6 +102,10 @@ impl Registry {
         }
         apps.insert(app.id.clone(), app);
         true
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<App>> {
+        self.lock().get(id).cloned()
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<App>> {

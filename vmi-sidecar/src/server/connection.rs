@@ -68,17 +68,24 @@ pub fn serve_app(sidecar: &Arc<Sidecar>, app: &Arc<App>, stream: UnixStream) {
         if service != VMI_SERVICE {
             return Err(unknown(service, method));
         }
+        // Throttled calls wait their turn before they count as in flight.
+        app.restrictions.pace()?;
         let call = InFlight::enter(&app.in_flight);
-        if call.count > sidecar.limits.max_in_flight {
-            return Err(ApiError::new(
+        let served = if call.count > sidecar.limits.max_in_flight {
+            Err(ApiError::new(
                 ErrorCode::LimitExceeded,
                 format!(
                     "more than {} calls in flight for this app",
                     sidecar.limits.max_in_flight
                 ),
-            ));
+            ))
+        } else {
+            sidecar.handle_vmi(app, id, method, payload, reply)
+        };
+        if let Err(refused) = &served {
+            app.restrictions.count(refused.code);
         }
-        sidecar.handle_vmi(app, id, method, payload, reply)
+        served
     });
 }
 

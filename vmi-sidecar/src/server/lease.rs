@@ -27,6 +27,8 @@ struct State {
     leases: HashMap<u64, Lease>,
     /// Leases that ran out, so a later `Resume` of one says so.
     expired: HashSet<u64>,
+    /// How many leases ran out, per app, for the self-defense loop.
+    overruns: HashMap<String, u64>,
     stopping: bool,
 }
 
@@ -114,6 +116,16 @@ impl Leases {
         released
     }
 
+    /// How many of `app`'s leases ran out since it was registered.
+    pub fn overruns(&self, app: &str) -> u64 {
+        self.lock().overruns.get(app).copied().unwrap_or(0)
+    }
+
+    /// Drops what is kept of `app` once it is unregistered.
+    pub fn forget(&self, app: &str) {
+        self.lock().overruns.remove(app);
+    }
+
     pub fn count_where(&self, matches: impl Fn(&Holder) -> bool) -> usize {
         self.lock()
             .leases
@@ -143,6 +155,7 @@ impl Leases {
             for id in &due {
                 if let Some(lease) = state.leases.remove(id) {
                     tracing::warn!(lease = id, app = %lease.holder.app, granted_ms = lease.granted.as_millis() as u64, "pause lease expired");
+                    *state.overruns.entry(lease.holder.app).or_default() += 1;
                     if state.expired.len() >= EXPIRED_MEMORY {
                         state.expired.clear();
                     }

@@ -10,6 +10,7 @@ mod events;
 mod lease;
 mod ops;
 mod reply;
+mod restrictions;
 mod sockets;
 mod vmi;
 

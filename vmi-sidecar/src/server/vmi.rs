@@ -36,7 +36,7 @@ impl Sidecar {
             reply.encoded(&message);
             return Ok(());
         }
-        if !app.permissions.contains(&Permission::Read) {
+        if !app.has(Permission::Read) {
             return Err(not_permitted(method, Permission::Read));
         }
         // Reads go straight from guest memory into the reply frame.
@@ -79,7 +79,7 @@ impl Sidecar {
         payload: &[u8],
     ) -> OpResult<Vec<u8>> {
         let need = |permission: Permission| -> OpResult<()> {
-            if app.permissions.contains(&permission) {
+            if app.has(permission) {
                 Ok(())
             } else {
                 Err(not_permitted(method, permission))
@@ -194,7 +194,7 @@ impl Sidecar {
                 };
                 Ok(self
                     .events
-                    .subscribe(owner, &app.permissions, &spec)?
+                    .subscribe(owner, &app.granted(), &spec)?
                     .encode_to_vec())
             }
             "NextEvents" => {
