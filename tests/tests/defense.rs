@@ -29,6 +29,12 @@ window_ms = 2000
 then = "throttle"
 calls_per_second = {THROTTLE_TO}
 [[defense.rules]]
+name = "hammer-event"
+when = "not_permitted"
+count = 10
+window_ms = 2000
+then = "event"
+[[defense.rules]]
 name = "hammer-kill"
 when = "not_permitted"
 count = {KILL_AT}
@@ -82,7 +88,8 @@ fn wait_for_status(stack: &FurnaceStack, id: &str, status: &str) {
 /// App A makes `WritePhysical` calls without the `write` permission, 20 ms
 /// apart. The sidecar refuses each NOT_PERMITTED; the shim's loop sees the
 /// count, has the sidecar throttle A (the sidecar's own `GetApp` shows the
-/// throttle), and when A goes on, kills its partition. App B, on the same
+/// throttle), publishes a `/furnace/defense` event (`ctr events` shows it),
+/// and when A goes on, kills its partition. App B, on the same
 /// guest under the same rules, keeps running, reads the guest, and is in
 /// no record; the audit log holds both of A's decisions with their evidence.
 #[test]
@@ -92,6 +99,18 @@ fn an_app_hammering_a_forbidden_call_is_throttled_then_killed_and_its_neighbour_
     let audit = dir.path().join("audit.jsonl");
     let config = provider_config(dir.path(), &audit);
     let config = config.to_str().unwrap();
+    let events_log = dir.path().join("events.txt");
+    let mut events = stack
+        .containerd
+        .ctr_command(&["events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr events starts");
+    let logged = |words: &[&str]| {
+        let text = std::fs::read_to_string(&events_log).unwrap_or_default();
+        text.lines().any(|l| words.iter().all(|w| l.contains(w)))
+    };
     stack
         .run_detached(
             "def-quiet",
@@ -99,6 +118,12 @@ fn an_app_hammering_a_forbidden_call_is_throttled_then_killed_and_its_neighbour_
             &["/furnace-probe", "hold"],
         )
         .unwrap();
+    // Subscribed once the neighbour's own TaskCreate shows up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logged(&["/tasks/create", "def-quiet"]) {
+        assert!(Instant::now() < deadline, "ctr events saw no TaskCreate");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stack
         .run_detached(
             "def-hammer",
@@ -154,8 +179,15 @@ fn an_app_hammering_a_forbidden_call_is_throttled_then_killed_and_its_neighbour_
         "the neighbour still reads its guest: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        logged(&["/furnace/defense", "hammer-event", "def-hammer"]),
+        "the event rule reached containerd: {}",
+        std::fs::read_to_string(&events_log).unwrap_or_default()
+    );
     let records = audit_lines(&audit);
-    assert_eq!(records.len(), 2, "one record per decision: {records:?}");
+    assert_eq!(records.len(), 3, "one record per decision: {records:?}");
     assert!(records.iter().all(|r| r["partition"] == partition.as_str()));
     stack.remove("def-hammer");
     stack.remove("def-quiet");

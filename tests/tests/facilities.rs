@@ -437,6 +437,7 @@ fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves
     let t = tenants();
     let id = "fac-limits";
     tenant::remove_storage(id);
+    let started = furnace_defense::unix_ms();
     let lines = t.run_with(
         id,
         t.flags("alpha", &t.address(7000), "be", Some("storage=4Ki")),
@@ -460,8 +461,15 @@ fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves
         serde_json::json!({"failed": "INVALID_ARGUMENT"})
     );
     let flood = ok(&lines, "flood:3000");
-    assert!(flood["LIMIT_EXCEEDED"].as_u64().unwrap_or(0) > 0, "{flood}");
+    let refused = flood["LIMIT_EXCEEDED"].as_u64().unwrap_or(0);
+    assert!(refused >= 100, "the flood outran the rate: {flood}");
     assert!(flood["ok"].as_u64().unwrap_or(0) > 0, "{flood}");
+    // The relay reported its refusals to the shim, whose default rule
+    // `relay-rate-event` (100 in 60 s) wrote it down.
+    let record = defense_record(started, id, "relay-rate-event");
+    let counted = record["evidence"]["relay_rate_limited"].as_u64().unwrap();
+    assert!((100..=refused).contains(&counted), "{record} vs {flood}");
+    assert_eq!(record["outcome"], "applied", "{record}");
     ok(&lines, "put-bytes:big=3000");
     assert_eq!(code(&lines, "put-bytes:big=5000"), "LIMIT_EXCEEDED");
     assert_eq!(
@@ -473,6 +481,34 @@ fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves
     lock(&t.one)
         .wait_message(WAIT, from("alpha", "notify", "still-serving"))
         .unwrap();
+}
+
+/// The record of `rule` for task `id` in the default audit log
+/// (docs/defense.md), written since `since` (unix ms); waits up to 10 s.
+fn defense_record(since: u64, id: &str, rule: &str) -> Value {
+    let log = furnace_config::DefenseConfig::default().audit_log;
+    let partition = format!("{}/{id}", furnace_tests::containerd::NAMESPACE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| {
+                r["partition"] == partition.as_str()
+                    && r["rule"] == rule
+                    && r["unix_ms"].as_u64().is_some_and(|t| t >= since)
+            });
+        if let Some(record) = found {
+            return record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {rule} record for {partition} in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The shim copies an app's key for the app to read, so it takes only a key

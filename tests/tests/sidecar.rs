@@ -95,6 +95,47 @@ fn permissions_are_enforced_per_app() {
     );
 }
 
+/// The self-defense loop's lever (docs/defense.md): `Restrict` takes
+/// `pause` from an app, which ends the lease it holds (the guest runs
+/// again), and its next `Pause` is NOT_PERMITTED while reads go on.
+/// `GetApp` shows the revocation and counts the refusal. An unknown app
+/// or permission is a typed error.
+#[test]
+fn restrict_revokes_a_permission_and_ends_what_it_held() {
+    use furnace_api::v1::RestrictRequest;
+    let f = fixture();
+    let _one = PAUSING.lock().unwrap_or_else(|p| p.into_inner());
+    let id = app_id("revoked");
+    let vmi = Vmi::connect(
+        &f.sidecar
+            .register(&id, &[Permission::Read, Permission::Pause], 0),
+    )
+    .unwrap();
+    let _lease = vmi.pause(Duration::from_secs(5)).unwrap();
+    assert_eq!(run_state(&f.guest), "paused");
+    let admin = f.sidecar.admin();
+    let revoke = |app_id: &str, permission: i32| RestrictRequest {
+        app_id: app_id.into(),
+        calls_per_second: 0,
+        revoke: vec![permission],
+    };
+    let info = admin
+        .restrict(&revoke(&id, Permission::Pause as i32))
+        .unwrap();
+    assert_eq!(info.revoked, [Permission::Pause as i32], "{info:?}");
+    assert_eq!(info.permissions, [Permission::Read as i32], "{info:?}");
+    assert_eq!(info.leases, 0, "{info:?}");
+    assert_eq!(run_state(&f.guest), "running", "its lease ended with it");
+    let err = vmi.pause(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotPermitted, "{err}");
+    assert!(vmi.read_physical(0x1000, 8).is_ok(), "reads go on");
+    assert_eq!(admin.get_app(&id).unwrap().not_permitted, 1);
+    let err = admin.get_app("nobody").unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+    let err = admin.restrict(&revoke(&id, 99)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+}
+
 #[test]
 fn an_app_cannot_open_another_apps_socket() {
     let f = fixture();
@@ -211,11 +252,11 @@ fn a_killed_app_releases_its_pause_at_once() {
 fn an_overrun_lease_resumes_the_guest_and_tells_the_app() {
     let f = fixture();
     let _one = PAUSING.lock().unwrap_or_else(|p| p.into_inner());
-    let vmi = Vmi::connect(&f.sidecar.register(
-        &app_id("slow"),
-        &[Permission::Pause, Permission::Read],
-        0,
-    ))
+    let id = app_id("slow");
+    let vmi = Vmi::connect(
+        &f.sidecar
+            .register(&id, &[Permission::Pause, Permission::Read], 0),
+    )
     .unwrap();
     let lease = vmi.pause(Duration::from_millis(200)).unwrap();
     assert_eq!(lease.granted_ms, 200);
@@ -229,6 +270,12 @@ fn an_overrun_lease_resumes_the_guest_and_tells_the_app() {
     let err = vmi.resume(&lease).unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
     assert!(err.message.contains("expired"), "{err}");
+    let info = f.sidecar.admin().get_app(&id).unwrap();
+    assert_eq!(
+        (info.pause_overruns, info.limit_exceeded),
+        (1, 1),
+        "counted for the self-defense loop: {info:?}"
+    );
 }
 
 #[test]

@@ -60,15 +60,7 @@ impl Sidecar {
         if !valid_app_id(id) {
             return Err(invalid(format!("app id {id:?} must be 1-{MAX_APP_ID} characters of [A-Za-z0-9_.-], not starting with '.'")));
         }
-        let mut permissions = BTreeSet::new();
-        for &p in &request.permissions {
-            match Permission::try_from(p) {
-                Ok(Permission::Unspecified) | Err(_) => {
-                    return Err(invalid(format!("unknown permission {p}")))
-                }
-                Ok(p) => permissions.insert(p),
-            };
-        }
+        let mut permissions: BTreeSet<Permission> = permissions(&request.permissions)?;
         if permissions.is_empty() {
             permissions.insert(Permission::Read);
         }
@@ -191,15 +183,7 @@ impl Sidecar {
     /// permissions taken back along with what they hold.
     fn restrict(&self, request: &v1::RestrictRequest) -> OpResult<v1::AppInfo> {
         let app = self.registered(&request.app_id)?;
-        let mut revoke = Vec::new();
-        for &p in &request.revoke {
-            match Permission::try_from(p) {
-                Ok(Permission::Unspecified) | Err(_) => {
-                    return Err(invalid(format!("unknown permission {p}")))
-                }
-                Ok(p) => revoke.push(p),
-            }
-        }
+        let revoke: Vec<Permission> = permissions(&request.revoke)?;
         app.restrictions.throttle(request.calls_per_second);
         for p in &revoke {
             app.restrictions.revoke(*p);
@@ -249,4 +233,15 @@ impl Sidecar {
             debugger_attached,
         }
     }
+}
+
+/// Permissions as the wire has them; an unknown or unspecified one is refused.
+fn permissions<C: FromIterator<Permission>>(values: &[i32]) -> OpResult<C> {
+    values
+        .iter()
+        .map(|&p| match Permission::try_from(p) {
+            Ok(Permission::Unspecified) | Err(_) => Err(invalid(format!("unknown permission {p}"))),
+            Ok(p) => Ok(p),
+        })
+        .collect()
 }
