@@ -42,21 +42,19 @@ pub fn guard(
         totals = guarded.sample(&totals);
         let now = start.elapsed().as_millis() as u64;
         for decision in watch.observe(now, totals) {
-            let at = unix_ms();
-            let pending = AuditRecord::of(&decision, partition, at, "applied".into());
-            let outcome = match guarded.respond(&decision, &pending) {
-                Ok(()) => "applied".to_owned(),
-                Err(e) => format!("failed: {e}"),
-            };
+            let mut record = AuditRecord::of(&decision, partition, unix_ms(), "applied".into());
+            if let Err(e) = guarded.respond(&decision, &record) {
+                record.outcome = format!("failed: {e}");
+            }
             log::warn!(
-                "{partition}: rule {} ({} {} in {} ms): {} {outcome}",
+                "{partition}: rule {} ({} {} in {} ms): {} {}",
                 decision.rule.name,
                 decision.seen,
                 decision.rule.when.name(),
                 decision.rule.window_ms,
-                decision.response.name()
+                decision.response.name(),
+                record.outcome
             );
-            let record = AuditRecord::of(&decision, partition, at, outcome);
             if let Some(Err(e)) = audit.map(|log| log.write(&record)) {
                 log::error!(
                     "{partition}: the audit log {} refused a record: {e}",

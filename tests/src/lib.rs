@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod audit;
 pub mod containerd;
 pub mod docker;
 mod host;

@@ -72,6 +72,22 @@ impl Tenants {
         }
     }
 
+    /// Runs the probe as `id` with `flags`: create must fail with every one
+    /// of `words` in its error, and leave no relay set up.
+    pub fn refused_at_create(&self, id: &str, flags: &[String], words: &[&str]) {
+        let out = self
+            .stack
+            .run(id, &strs(flags), &["/furnace-probe", "fac", "keys"]);
+        assert!(!out.status.success(), "{id} ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(words.iter().all(|w| err.contains(w)), "{id}: {err}");
+        assert!(
+            !crate::relays::relay_dir(id).exists(),
+            "{id}: nothing is left set up"
+        );
+        self.stack.remove(id);
+    }
+
     pub fn key(&self, name: &str) -> PathBuf {
         self.keys.path().join(name)
     }

@@ -4,6 +4,7 @@
 //! on the same guest is left alone, and the audit log says why.
 
 use furnace_api::Admin;
+use furnace_tests::audit;
 use furnace_tests::stack::FurnaceStack;
 use serde_json::Value;
 use std::path::Path;
@@ -48,29 +49,9 @@ then = "kill"
     path
 }
 
-fn audit_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
-        .collect()
-}
-
-/// Waits, at most 60 s, for the audit log to hold a record of `rule`.
+/// The record of `rule` in the audit log at `path`, waiting up to 60 s.
 fn wait_for_rule(path: &Path, rule: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(record) = audit_lines(path).into_iter().find(|r| r["rule"] == rule) {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {rule} record in {}: {:?}",
-            path.display(),
-            audit_lines(path)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    audit::wait_for(path, Duration::from_secs(60), |r| r["rule"] == rule)
 }
 
 fn wait_for_status(stack: &FurnaceStack, id: &str, status: &str) {
@@ -186,7 +167,7 @@ fn an_app_hammering_a_forbidden_call_is_throttled_then_killed_and_its_neighbour_
         "the event rule reached containerd: {}",
         std::fs::read_to_string(&events_log).unwrap_or_default()
     );
-    let records = audit_lines(&audit);
+    let records = audit::records(&audit);
     assert_eq!(records.len(), 3, "one record per decision: {records:?}");
     assert!(records.iter().all(|r| r["partition"] == partition.as_str()));
     stack.remove("def-hammer");

@@ -488,27 +488,11 @@ fn limits_bad_frames_and_the_storage_quota_get_typed_errors_and_the_relay_serves
 fn defense_record(since: u64, id: &str, rule: &str) -> Value {
     let log = furnace_config::DefenseConfig::default().audit_log;
     let partition = format!("{}/{id}", furnace_tests::containerd::NAMESPACE);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let found = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|r| {
-                r["partition"] == partition.as_str()
-                    && r["rule"] == rule
-                    && r["unix_ms"].as_u64().is_some_and(|t| t >= since)
-            });
-        if let Some(record) = found {
-            return record;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {rule} record for {partition} in {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    furnace_tests::audit::wait_for(&log, Duration::from_secs(10), |r| {
+        r["partition"] == partition.as_str()
+            && r["rule"] == rule
+            && r["unix_ms"].as_u64().is_some_and(|t| t >= since)
+    })
 }
 
 /// The shim copies an app's key for the app to read, so it takes only a key
@@ -532,21 +516,8 @@ fn an_app_key_not_roots_alone_or_outside_key_root_is_refused_at_create() {
         let last = flags.len() - 1;
         flags[last] = format!("furnace.dev/app-key={}", key.display());
         tenant::remove_storage_at_exit(id);
-        refused_at_create(t, id, &flags, &["furnace.dev/app-key", expected]);
+        t.refused_at_create(id, &flags, &["furnace.dev/app-key", expected]);
     }
-}
-
-/// Runs the probe as `id` with `flags`: create must fail with every one of
-/// `words` in its error, and leave no relay set up.
-fn refused_at_create(t: &Tenants, id: &str, flags: &[String], words: &[&str]) {
-    let out = t
-        .stack
-        .run(id, &strs(flags), &["/furnace-probe", "fac", "keys"]);
-    assert!(!out.status.success(), "{id} ran");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(words.iter().all(|w| err.contains(w)), "{id}: {err}");
-    assert!(!relay_dir(id).exists(), "{id}: nothing is left set up");
-    t.stack.remove(id);
 }
 
 /// The shim dials from the host's network: a backend on the host itself or
@@ -560,7 +531,7 @@ fn a_backend_on_the_host_or_link_local_is_refused_at_create() {
         ("fac-metadata", "169.254.169.254:80"),
     ] {
         let flags = t.flags("alpha", address, "be", None);
-        refused_at_create(t, id, &flags, &["refused_backend_networks", address]);
+        t.refused_at_create(id, &flags, &["refused_backend_networks", address]);
     }
 }
 
