@@ -25,8 +25,11 @@ fn a_framing_error_closes_the_connection_so_no_later_call_reads_stale_bytes() {
             kind: TYPE_RESPONSE,
             flags: 0,
         };
-        stream.write_all(&oversized.encode()).unwrap();
-        stream.write_all(&[0xaa; 64]).unwrap();
+        // One write, so the bytes are queued before the client can read
+        // the header and hang up (a second write could meet EPIPE).
+        let mut reply = oversized.encode().to_vec();
+        reply.extend_from_slice(&[0xaa; 64]);
+        stream.write_all(&reply).unwrap();
         // The client must hang up rather than send a second request.
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).unwrap();
