@@ -105,7 +105,11 @@ pub fn harden_as(
     policy::strip_host_reach(&mut spec, &mut notes);
     policy::mounts(&mut spec, role, config, binds, &mut notes)?;
     policy::init_for_role(&mut spec, role, binds.init.as_deref())?;
-    policy::seccomp(&mut spec, role, config)?;
+    let listener = match role {
+        Role::App => binds.seccomp_listener.as_deref(),
+        Role::Fac | Role::Sandbox => None,
+    };
+    policy::seccomp(&mut spec, role, config, listener)?;
 
     Ok(Hardened {
         spec,

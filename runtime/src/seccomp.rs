@@ -15,6 +15,9 @@ use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
 };
+use std::collections::BTreeSet;
+use std::path::Path;
+use syscalls::x86_64::Sysno;
 
 pub use furnace_seccomp::Rules;
 
@@ -79,8 +82,24 @@ pub fn rules(role: Role) -> Result<Rules, PolicyError> {
 /// only (other ABIs, including i386 via `int 0x80` and x32, hit
 /// libseccomp's bad-arch action, which kills), one unconditional ALLOW rule
 /// for the list, then the conditional and errno rules.
-pub fn profile(role: Role, mode: SeccompMode) -> Result<LinuxSeccomp, PolicyError> {
+///
+/// With `listener` (errno mode only), what the list refuses is not answered
+/// by the kernel but notified to the seccomp agent listening there, the
+/// shim, which answers the same EPERM and counts it (docs/defense.md,
+/// `seccomp_violations`): every x86_64 syscall the list does not name, and
+/// the arguments a conditional rule does not allow. libcontainer takes no
+/// notify default action, so these are explicit rules; the default EPERM
+/// is left for numbers no table names.
+pub fn profile(
+    role: Role,
+    mode: SeccompMode,
+    listener: Option<&Path>,
+) -> Result<LinuxSeccomp, PolicyError> {
     let rules = rules(role)?;
+    let notify = match (mode, listener) {
+        (SeccompMode::Errno, Some(path)) => Some((path, notified(&rules))),
+        _ => None,
+    };
     let mut syscalls = vec![syscall(
         rules.allow,
         LinuxSeccompAction::ScmpActAllow,
@@ -100,6 +119,10 @@ pub fn profile(role: Role, mode: SeccompMode) -> Result<LinuxSeccomp, PolicyErro
         )
     }));
     let mut s = LinuxSeccomp::default();
+    if let Some((path, refused)) = notify {
+        syscalls.extend(refused);
+        s.set_listener_path(Some(path.to_owned()));
+    }
     match mode {
         SeccompMode::Errno => {
             s.set_default_action(LinuxSeccompAction::ScmpActErrno);
@@ -113,6 +136,75 @@ pub fn profile(role: Role, mode: SeccompMode) -> Result<LinuxSeccomp, PolicyErro
     s.set_architectures(Some(vec![Arch::ScmpArchX86_64]));
     s.set_syscalls(Some(syscalls));
     Ok(s)
+}
+
+/// The NOTIFY rules for what `rules` refuse: one for every named syscall it
+/// does not mention, and for each conditional rule the conditions under
+/// which it does not match.
+fn notified(rules: &Rules) -> Vec<LinuxSyscall> {
+    let mentioned: BTreeSet<&str> = rules
+        .allow
+        .iter()
+        .chain(rules.conditional.iter().flat_map(|c| &c.names))
+        .chain(rules.errno.iter().flat_map(|e| &e.names))
+        .map(String::as_str)
+        .collect();
+    let unlisted: Vec<String> = Sysno::iter()
+        .map(|s| s.name())
+        .filter(|name| !mentioned.contains(name))
+        .map(String::from)
+        .collect();
+    let mut out = vec![syscall(
+        unlisted,
+        LinuxSeccompAction::ScmpActNotify,
+        None,
+        None,
+    )];
+    for c in &rules.conditional {
+        for refused in refused_when(&c.args).into_iter().flatten() {
+            out.push(syscall(
+                c.names.clone(),
+                LinuxSeccompAction::ScmpActNotify,
+                None,
+                Some(vec![arg(&refused)]),
+            ));
+        }
+    }
+    out
+}
+
+/// Conditions any of which makes `allowed` (all of which must hold) false,
+/// each one a rule of its own; `None` where one argument condition cannot
+/// say it, and then a refusal falls to the default action, uncounted. A
+/// `(x & mask) == 0` fails when any bit of `mask` is set in `x`: one rule
+/// per bit.
+fn refused_when(allowed: &[Condition]) -> Option<Vec<Condition>> {
+    let [only] = allowed else { return None };
+    let negated = |op| Condition { op, ..*only };
+    match only.op {
+        Op::Eq => Some(vec![negated(Op::Ne)]),
+        Op::Ne => Some(vec![negated(Op::Eq)]),
+        Op::MaskedEq { mask } if only.value == 0 => Some(
+            (0..64)
+                .map(|bit| 1u64 << bit)
+                .filter(|b| mask & b != 0)
+                .map(|b| Condition {
+                    index: only.index,
+                    op: Op::MaskedEq { mask: b },
+                    value: b,
+                })
+                .collect(),
+        ),
+        Op::MaskedEq { .. } => None,
+    }
+}
+
+/// The x86_64 name of syscall `number`, for logs.
+pub fn syscall_name(number: i32) -> Option<&'static str> {
+    usize::try_from(number)
+        .ok()
+        .and_then(Sysno::new)
+        .map(|s| s.name())
 }
 
 #[cfg(test)]
@@ -216,7 +308,7 @@ mod tests {
             .collect()
     }
 
-    fn unconditional(s: &LinuxSeccomp) -> BTreeSet<String> {
+    fn unconditional_allowed(s: &LinuxSeccomp) -> BTreeSet<String> {
         s.syscalls()
             .as_ref()
             .unwrap()
@@ -246,8 +338,8 @@ mod tests {
     #[test]
     fn dangerous_calls_are_never_unconditionally_allowed() {
         for role in [Role::App, Role::Fac] {
-            let p = profile(role, SeccompMode::Errno).unwrap();
-            let allowed = unconditional(&p);
+            let p = profile(role, SeccompMode::Errno, None).unwrap();
+            let allowed = unconditional_allowed(&p);
             for f in FORBIDDEN {
                 assert!(!allowed.contains(*f), "{role:?} allows {f}");
             }
@@ -263,8 +355,8 @@ mod tests {
 
     #[test]
     fn what_a_static_rust_binary_and_python_need_is_allowed() {
-        let p = profile(Role::App, SeccompMode::Errno).unwrap();
-        let allowed = unconditional(&p);
+        let p = profile(Role::App, SeccompMode::Errno, None).unwrap();
+        let allowed = unconditional_allowed(&p);
         for need in [
             "read",
             "write",
@@ -320,7 +412,7 @@ mod tests {
 
     #[test]
     fn app_sockets_are_unix_only_and_clone_cannot_make_namespaces() {
-        let p = profile(Role::App, SeccompMode::Errno).unwrap();
+        let p = profile(Role::App, SeccompMode::Errno, None).unwrap();
         let rules = p.syscalls().as_ref().unwrap();
         let socket: Vec<_> = rules
             .iter()
@@ -365,7 +457,7 @@ mod tests {
 
     #[test]
     fn fac_opens_unix_sockets_only_like_an_app() {
-        let p = profile(Role::Fac, SeccompMode::Errno).unwrap();
+        let p = profile(Role::Fac, SeccompMode::Errno, None).unwrap();
         let families: BTreeSet<u64> = p
             .syscalls()
             .as_ref()
@@ -383,14 +475,14 @@ mod tests {
 
     #[test]
     fn modes_set_the_default_action() {
-        let p = profile(Role::App, SeccompMode::Errno).unwrap();
+        let p = profile(Role::App, SeccompMode::Errno, None).unwrap();
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.default_errno_ret(), Some(EPERM));
         assert_eq!(
             p.architectures().as_deref(),
             Some(&[Arch::ScmpArchX86_64][..])
         );
-        let p = profile(Role::App, SeccompMode::Kill).unwrap();
+        let p = profile(Role::App, SeccompMode::Kill, None).unwrap();
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActKillProcess);
         assert_eq!(p.default_errno_ret(), None);
         // The ENOSYS answer for clone3 stays in kill mode, so glibc can fall back.
@@ -404,11 +496,120 @@ mod tests {
 
     #[test]
     fn the_oci_json_uses_the_spec_spelling() {
-        let p = profile(Role::App, SeccompMode::Errno).unwrap();
+        let p = profile(Role::App, SeccompMode::Errno, None).unwrap();
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(v["defaultErrnoRet"], 1);
         assert_eq!(v["architectures"][0], "SCMP_ARCH_X86_64");
         assert_eq!(v["syscalls"][1]["args"][0]["op"], "SCMP_CMP_EQ");
+    }
+
+    #[test]
+    fn with_a_listener_every_refusal_is_notified_and_nothing_allowed_changes() {
+        let listener = Path::new("/run/furnace/seccomp/x.sock");
+        let plain = profile(Role::App, SeccompMode::Errno, None).unwrap();
+        let p = profile(Role::App, SeccompMode::Errno, Some(listener)).unwrap();
+        assert_eq!(p.listener_path().as_deref(), Some(listener));
+        assert_eq!(plain.listener_path(), &None);
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(allowed_anyhow(&p), allowed_anyhow(&plain));
+        let rules = p.syscalls().as_ref().unwrap();
+        let notified: Vec<&LinuxSyscall> = rules
+            .iter()
+            .filter(|r| r.action() == LinuxSeccompAction::ScmpActNotify)
+            .collect();
+        let unconditional: BTreeSet<&str> = notified
+            .iter()
+            .filter(|r| r.args().is_none())
+            .flat_map(|r| r.names().iter().map(String::as_str))
+            .collect();
+        let allowed = unconditional_allowed(&p);
+        for sysno in Sysno::iter() {
+            let name = sysno.name();
+            let answered = allowed.contains(name)
+                || unconditional.contains(name)
+                || rules
+                    .iter()
+                    .any(|r| r.args().is_some() && r.names().iter().any(|n| n == name))
+                || name == "clone3";
+            assert!(answered, "{name} falls to the default action");
+        }
+        let on_x86_64 = |name: &str| Sysno::iter().any(|s| s.name() == name);
+        for f in FORBIDDEN
+            .iter()
+            .filter(|f| !["socket", "clone", "clone3"].contains(*f) && on_x86_64(f))
+        {
+            assert!(unconditional.contains(*f), "{f} is not notified");
+        }
+        assert!(
+            !unconditional.contains("write"),
+            "libcontainer refuses a notified write"
+        );
+        assert!(!unconditional.contains("read"));
+
+        // socket: notified for every family but AF_UNIX.
+        let socket: Vec<_> = notified
+            .iter()
+            .filter(|r| r.names().contains(&"socket".into()))
+            .collect();
+        assert_eq!(socket.len(), 1);
+        let a = socket[0].args().as_ref().unwrap()[0];
+        assert_eq!((a.op(), a.value()), (LinuxSeccompOperator::ScmpCmpNe, 1));
+
+        // clone: notified when any CLONE_NEW* bit is set, never for threads.
+        let clone: Vec<LinuxSeccompArg> = notified
+            .iter()
+            .filter(|r| r.names().contains(&"clone".into()))
+            .map(|r| r.args().as_ref().unwrap()[0])
+            .collect();
+        assert_eq!(clone.len(), 7, "one rule per bit of 0x7E020000");
+        let matches = |flags: u64| {
+            clone
+                .iter()
+                .any(|a| flags & a.value_two().unwrap() == a.value())
+        };
+        assert!(!matches(0x003d_0f00), "glibc's pthread_create flags");
+        assert!(!matches(0x0120_0011), "fork's flags");
+        for ns in [0x1000_0000, 0x4000_0000, 0x0002_0000, 0x2000_0000] {
+            assert!(matches(ns | 0x11), "{ns:#x}");
+        }
+    }
+
+    #[test]
+    fn every_conditional_rule_of_ours_has_a_notified_complement() {
+        for role in [Role::App, Role::Fac] {
+            for c in rules(role).unwrap().conditional {
+                assert!(
+                    refused_when(&c.args).is_some(),
+                    "{:?}: its refusals would go uncounted",
+                    c.names
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kill_mode_notifies_nothing() {
+        let p = profile(
+            Role::App,
+            SeccompMode::Kill,
+            Some(Path::new("/run/furnace/seccomp/x.sock")),
+        )
+        .unwrap();
+        assert_eq!(p.listener_path(), &None);
+        assert!(p
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|r| r.action() != LinuxSeccompAction::ScmpActNotify));
+    }
+
+    #[test]
+    fn syscall_numbers_have_their_x86_64_names() {
+        assert_eq!(syscall_name(41), Some("socket"));
+        assert_eq!(syscall_name(165), Some("mount"));
+        assert_eq!(syscall_name(-1), None);
+        assert_eq!(syscall_name(100_000), None);
     }
 }

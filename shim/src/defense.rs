@@ -1,7 +1,7 @@
 //! The self-defense loop of one task (docs/defense.md): a thread that
-//! samples the app partition's counters (the sidecar's refusals and pause
-//! overruns, the memory cgroup's OOM kills, the relay's rate-limit
-//! refusals) and carries out what
+//! samples the app partition's counters (its seccomp refusals, the
+//! sidecar's refusals and pause overruns, the memory cgroup's OOM kills,
+//! the relay's rate-limit refusals) and carries out what
 //! `[defense]`'s rules decide, through the sidecar's admin API, containerd's
 //! events and the partition's own kill. The rules and the audit log are
 //! `furnace-defense`'s; this is the partition side of its `Guarded` seam.
@@ -24,7 +24,9 @@ pub const DEFENSE_TOPIC: &str = "/furnace/defense";
 struct TaskGuard {
     instance: Weak<Instance>,
     events: Arc<Events>,
-    registration: Registration,
+    /// `None` for an app with no guest: the sidecar's counters stay 0 and
+    /// throttle and revoke fail.
+    registration: Option<Registration>,
     cgroups_path: PathBuf,
     /// Kept between samples; dropped on an error and dialled again.
     admin: Mutex<Option<Admin>>,
@@ -35,13 +37,17 @@ impl TaskGuard {
         &self,
         call: impl Fn(&Admin) -> furnace_api::client::Result<T>,
     ) -> Result<T, String> {
+        let registration = self
+            .registration
+            .as_ref()
+            .ok_or("the app has no guest, so no sidecar")?;
         let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         if admin.is_none() {
-            let dialled = Admin::connect(&self.registration.admin_socket).map_err(|e| {
+            let dialled = Admin::connect(&registration.admin_socket).map_err(|e| {
                 format!(
                     "the sidecar of guest {} at {}: {e}",
-                    self.registration.guest,
-                    self.registration.admin_socket.display()
+                    registration.guest,
+                    registration.admin_socket.display()
                 )
             })?;
             *admin = Some(dialled);
@@ -61,23 +67,34 @@ impl TaskGuard {
 impl Guarded for TaskGuard {
     fn sample(&self, last: &Totals) -> Totals {
         let mut totals = *last;
-        let app = &self.registration.app_id;
-        if let Ok(info) = self.with_admin(|admin| admin.get_app(app)) {
-            totals.set(Condition::NotPermitted, info.not_permitted);
-            totals.set(Condition::LimitExceeded, info.limit_exceeded);
-            totals.set(Condition::PauseOverruns, info.pause_overruns);
+        if let Some(registration) = &self.registration {
+            let app = &registration.app_id;
+            if let Ok(info) = self.with_admin(|admin| admin.get_app(app)) {
+                totals.set(Condition::NotPermitted, info.not_permitted);
+                totals.set(Condition::LimitExceeded, info.limit_exceeded);
+                totals.set(Condition::PauseOverruns, info.pause_overruns);
+            }
         }
         if let Some(kills) = crate::oom::kills(&self.cgroups_path) {
             totals.set(Condition::OomKills, kills);
         }
-        if let Some(refused) = self.instance.upgrade().and_then(|i| i.relay_rate_limited()) {
-            totals.set(Condition::RelayRateLimited, refused);
+        if let Some(instance) = self.instance.upgrade() {
+            if let Some(refused) = instance.relay_rate_limited() {
+                totals.set(Condition::RelayRateLimited, refused);
+            }
+            if let Some(refused) = instance.seccomp_refused() {
+                totals.set(Condition::SeccompViolations, refused);
+            }
         }
         totals
     }
 
     fn respond(&self, decision: &Decision, record: &AuditRecord) -> Result<(), String> {
-        let app_id = self.registration.app_id.clone();
+        let app_id = self
+            .registration
+            .as_ref()
+            .map(|r| r.app_id.clone())
+            .unwrap_or_default();
         match decision.response {
             Response::Log => Ok(()),
             Response::Event => {
@@ -113,18 +130,19 @@ impl Guarded for TaskGuard {
     }
 }
 
-/// Starts the loop for `instance`, an app registered with a sidecar, under
-/// `config`'s rules; it ends with the task. Without rules, or for a
-/// partition no sidecar knows, there is nothing to watch.
+/// Starts the loop for `instance`, an app, under `config`'s rules; it ends
+/// with the task. Without rules, or for a sandbox, there is nothing to
+/// watch.
 pub fn watch(
     instance: &Arc<Instance>,
     partition: String,
     config: &DefenseConfig,
     events: Arc<Events>,
 ) {
-    let Some(registration) = instance.registration().cloned() else {
+    let registration = instance.registration().cloned();
+    if registration.is_none() && instance.seccomp_refused().is_none() {
         return;
-    };
+    }
     if config.rules.is_empty() {
         return;
     }

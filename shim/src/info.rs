@@ -49,7 +49,7 @@ pub fn features() -> serde_json::Value {
             "namespaces": ["pid", "ipc", "uts", "mount", "network", "user", "cgroup"],
             "capabilities": [],
             "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
-            "seccomp": {"enabled": true, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS"]},
+            "seccomp": {"enabled": true, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_NOTIFY"]},
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false}
         },

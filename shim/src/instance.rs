@@ -8,10 +8,11 @@ use crate::record::TaskRecord;
 use crate::registration::{self, Registration};
 use crate::relay::{self, FacRelay, RelayParams, RelayRecord};
 pub use crate::rootfs::RootfsMount;
+use crate::seccomp_agent::SeccompAgent;
 use crate::{rootfs, stdio};
 use furnace_runtime::launcher::cgroups::PartitionCgroups;
 use furnace_runtime::launcher::{self, Partition};
-use furnace_runtime::{harden, AppRequest, HostBinds, ProviderConfig, Role};
+use furnace_runtime::{harden, AppRequest, HostBinds, ProviderConfig, Role, SeccompMode};
 use oci_spec::runtime::Spec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,8 @@ pub struct Instance {
     registration: Option<Registration>,
     /// The facilities relay, for an app that names a backend.
     relay: Option<FacRelay>,
+    /// Answers and counts what an app's seccomp filter refuses.
+    seccomp: Option<SeccompAgent>,
     /// The init process.
     pub init: ProcessState,
     pub execs: Mutex<HashMap<String, Arc<ExecProcess>>>,
@@ -156,7 +159,16 @@ impl Instance {
             Role::Sandbox => None,
             Role::App | Role::Fac => Some(claim(APP_IDS)?),
         };
+        // In kill mode a refusal ends the process: nothing to answer.
+        let seccomp = match (role, p.config.seccomp.mode) {
+            (Role::App, SeccompMode::Errno) => Some(
+                SeccompAgent::listen(p.id)
+                    .map_err(|e| CreateError::Failed(format!("starting the seccomp agent: {e}")))?,
+            ),
+            _ => None,
+        };
         let binds = HostBinds {
+            seccomp_listener: seccomp.as_ref().map(|a| a.path().to_owned()),
             vmi: vmi_socket,
             fac,
             keys,
@@ -276,6 +288,7 @@ impl Instance {
             partition,
             registration,
             relay,
+            seccomp,
             init: ProcessState::new(io.stdin),
             execs: Mutex::default(),
             lifecycle: Mutex::new(()),
@@ -285,6 +298,12 @@ impl Instance {
     /// Messages the app's relay refused at the rate limit; `None` without one.
     pub fn relay_rate_limited(&self) -> Option<u64> {
         self.relay.as_ref().map(FacRelay::rate_limited)
+    }
+
+    /// Syscalls the app partition's filter refused; `None` when the kernel
+    /// answers them (a sandbox, kill mode).
+    pub fn seccomp_refused(&self) -> Option<u64> {
+        self.seccomp.as_ref().map(SeccompAgent::refused)
     }
 
     /// The app's registration with its guest's sidecar; `None` for a sandbox.

@@ -4,7 +4,7 @@
 //! - [`instance`]: one task's partition, from bundle to teardown;
 //! - [`shim`]: start/serve/delete as containerd drives a shim;
 //! - [`exec`]: exec processes; [`process`]: what the init and they share;
-//! - [`stdio`], [`events`], [`oom`], [`defense`], [`metrics`], [`registration`],
+//! - [`stdio`], [`events`], [`oom`], [`seccomp_agent`], [`defense`], [`metrics`], [`registration`],
 //!   [`record`], [`options`], [`info`], [`id_ranges`]: one concern each.
 //!
 //! The partition itself (policy and libcontainer launcher) is `furnace-runtime`;
@@ -24,6 +24,7 @@ mod record;
 mod registration;
 mod relay;
 mod rootfs;
+mod seccomp_agent;
 mod shim;
 mod stdio;
 mod task;

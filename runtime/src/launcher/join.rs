@@ -12,8 +12,11 @@
 //! child forks the process (a pid namespace applies to children only) and
 //! exits, so the process passes to the shim, the nearest subreaper. A
 //! failure before `execve` comes back as text on a close-on-exec pipe.
+//! A filter that notifies its refusals sends its fd back to the helper,
+//! which hands it to the partition's seccomp agent (`seccomp_handover`).
 
 use super::protocol::{Reply, STDIO_FDS};
+use super::seccomp_handover;
 use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager};
 use libcontainer::syscall::syscall::create_syscall;
 use nix::sched::CloneFlags;
@@ -24,6 +27,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 /// Joined in this order: the user namespace first, so the others (owned by
@@ -60,6 +64,19 @@ fn spawn(bundle: &Path, init_pid: u32, process: &Process) -> Result<u32, String>
         .ok_or("the partition's spec has no cgroupsPath")?;
     let namespaces = open_namespaces(init_pid)?;
     let programs = candidates(process)?;
+    let seccomp = linux.seccomp().as_ref();
+    let agent = seccomp.and_then(|s| {
+        let notifies = s
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActNotify);
+        s.listener_path().clone().filter(|_| notifies)
+    });
+    let handover = match agent {
+        Some(_) => Some(UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?),
+        None => None,
+    };
 
     // Nothing of the helper may be read through /proc once it is inside.
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
@@ -74,7 +91,8 @@ fn spawn(bundle: &Path, init_pid: u32, process: &Process) -> Result<u32, String>
                 match unsafe { fork() }.map_err(|e| format!("fork inside: {e}"))? {
                     ForkResult::Child => {
                         drop(pid_write);
-                        let err = become_process(process, &programs, linux.seccomp().as_ref());
+                        let process_side = handover.as_ref().map(|(_, p)| p);
+                        let err = become_process(process, &programs, seccomp, process_side);
                         report(&report_write, &err);
                         // SAFETY: leave without running the helper's exit handlers.
                         unsafe { libc::_exit(127) }
@@ -95,19 +113,54 @@ fn spawn(bundle: &Path, init_pid: u32, process: &Process) -> Result<u32, String>
         }
         ForkResult::Parent { child } => {
             drop((report_write, pid_write));
+            let helper_side = handover.map(|(h, _)| h);
             let mut pid = String::new();
             let _ = File::from(pid_read).read_to_string(&mut pid);
             let _ = nix::sys::wait::waitpid(child, None);
+            let started: Option<u32> = pid.trim().parse().ok();
+            let handed = match (&helper_side, &agent, started) {
+                (Some(side), Some(listener), Some(pid)) => {
+                    hand_over(side, listener, bundle, init_pid, pid)
+                }
+                _ => Ok(()),
+            };
+            drop(helper_side);
             let mut failure = String::new();
             let _ = File::from(report_read).read_to_string(&mut failure);
             if !failure.is_empty() {
                 return Err(failure);
             }
-            pid.trim()
-                .parse()
-                .map_err(|_| "the exec process was not started".into())
+            handed?;
+            started.ok_or_else(|| "the exec process was not started".into())
         }
     }
+}
+
+/// Forwards the exec process's notify fd, if it loaded its filter, to the
+/// agent. A failure kills the process: its refusals would go uncounted.
+fn hand_over(
+    helper_side: &UnixStream,
+    listener: &Path,
+    bundle: &Path,
+    init_pid: u32,
+    pid: u32,
+) -> Result<(), String> {
+    let forwarded = seccomp_handover::receive(helper_side).and_then(|fd| match fd {
+        Some(fd) => seccomp_handover::forward(
+            helper_side,
+            &fd,
+            listener,
+            &seccomp_handover::state(bundle, init_pid, pid),
+        ),
+        None => Ok(()),
+    });
+    if forwarded.is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    forwarded
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
@@ -168,14 +221,25 @@ fn become_process(
     process: &Process,
     programs: &[CString],
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    handover: Option<&UnixStream>,
 ) -> String {
     let (args, env) = match prepare(process) {
         Ok(argv) => argv,
         Err(e) => return e,
     };
     if let Some(filter) = seccomp {
-        if let Err(e) = libcontainer::seccomp::initialize_seccomp(filter) {
-            return format!("load the partition's seccomp filter: {e}");
+        match libcontainer::seccomp::initialize_seccomp(filter) {
+            Ok(Some(notify_fd)) => {
+                let sent = handover
+                    .ok_or_else(|| "a notifying filter but no agent to hand it to".to_string())
+                    .and_then(|side| seccomp_handover::send(side, notify_fd));
+                let _ = nix::unistd::close(notify_fd);
+                if let Err(e) = sent {
+                    return e;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return format!("load the partition's seccomp filter: {e}"),
         }
     }
     let mut last = nix::errno::Errno::ENOENT;

@@ -16,6 +16,8 @@ pub mod helper;
 mod join;
 pub mod mountpoints;
 pub mod protocol;
+#[cfg(feature = "helper")]
+mod seccomp_handover;
 
 pub use client::{helper_path, init_path, relay_path, INIT_BIN, RELAY_BIN};
 use protocol::{Reply, Request, Target};

@@ -90,6 +90,10 @@ pub struct HostBinds {
     /// ([`furnace_config::UserNamespaceConfig::range`]). Required for
     /// [`Role::App`] and [`Role::Fac`], refused for [`Role::Sandbox`].
     pub ids: Option<IdRange>,
+    /// Where the shim answers the seccomp filter's refusals
+    /// ([`crate::seccomp::profile`]). [`Role::App`] only; without it the
+    /// kernel answers them, uncounted.
+    pub seccomp_listener: Option<PathBuf>,
 }
 
 /// The tenant's keys as host files.
@@ -468,9 +472,15 @@ pub fn strip_host_reach(spec: &mut Spec, notes: &mut Vec<String>) {
     linux.set_rootfs_propagation(Some("private".into()));
 }
 
-/// The seccomp allowlist for `role`, in the provider's mode.
-pub fn seccomp(spec: &mut Spec, role: Role, config: &ProviderConfig) -> Result<(), PolicyError> {
-    let profile = seccomp::profile(role, config.seccomp.mode)?;
+/// The seccomp allowlist for `role`, in the provider's mode; its refusals
+/// are notified to `listener` when there is one.
+pub fn seccomp(
+    spec: &mut Spec,
+    role: Role,
+    config: &ProviderConfig,
+    listener: Option<&Path>,
+) -> Result<(), PolicyError> {
+    let profile = seccomp::profile(role, config.seccomp.mode, listener)?;
     spec.linux_mut()
         .get_or_insert_with(Default::default)
         .set_seccomp(Some(profile));

@@ -194,7 +194,7 @@ const INIT_CALLS: &[&str] = &[
 #[test]
 fn the_app_and_fac_allowlists_cover_what_the_init_calls() {
     for role in [Role::App, Role::Fac] {
-        let profile = seccomp::profile(role, crate::SeccompMode::Errno).unwrap();
+        let profile = seccomp::profile(role, crate::SeccompMode::Errno, None).unwrap();
         let allowed: Vec<String> = profile
             .syscalls()
             .as_ref()

@@ -94,6 +94,11 @@
 //! line per call with its error code (`NOT_PERMITTED` for an app without
 //! `write`).
 //!
+//! # `furnace-probe refuse N [hold]`
+//!
+//! Exactly N syscalls the filter refuses (`refuse.rs`), then
+//! `{"made": N, "outcomes": {"EPERM": N}}`; with `hold`, then as `hold`.
+//!
 //! # `furnace-probe fac STEP...`
 //!
 //! The app's facilities session, one JSON line per step (`fac.rs` lists
@@ -115,6 +120,7 @@ mod fac;
 mod files;
 mod limits;
 mod policy;
+mod refuse;
 mod syscalls;
 mod vmi;
 
@@ -229,6 +235,7 @@ const USAGE: &str = "usage: furnace-probe policy
        furnace-probe escape [--host-pid N] [--guest G] [--other-socket PATH] [--only a,b]
        furnace-probe vmi-ps [--socket PATH]
        furnace-probe vmi-hammer N MS
+       furnace-probe refuse N [hold]
        furnace-probe hold
        furnace-probe exit N";
 
@@ -284,6 +291,15 @@ fn main() {
         "vmi-ps" => std::process::exit(vmi::ps(rest)),
         "vmi-hammer" => std::process::exit(vmi::hammer(rest)),
         "fac" => std::process::exit(fac::run(rest)),
+        "refuse" => match refuse::run(rest) {
+            Some((report, then_hold)) => {
+                print_json(&report);
+                if then_hold {
+                    hold()
+                }
+            }
+            None => usage("refuse takes a count and, optionally, hold"),
+        },
         "hold" => hold(),
         "exit" => match rest {
             [code] => exit_with(code),
