@@ -13,16 +13,15 @@
 //! If the agent is gone (a shim that died), the kernel answers the
 //! notified calls ENOSYS: still refused.
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use furnace_runtime::launcher::fd_passing;
 use std::collections::BTreeSet;
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the agents listen: root's alone, like the rest of `/run/furnace`.
 pub const AGENT_DIR: &str = "/run/furnace/seccomp";
@@ -33,6 +32,11 @@ const POLL_MS: u16 = 500;
 /// answered ENOSYS by the kernel, and logged here.
 const MAX_FILTERS: usize = 256;
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refusals answered per second per task, at most. The agent runs outside
+/// the app's cgroup, so without a bound an app making refused calls in a
+/// loop would spend the shim's CPU, not its own; past it, refused callers
+/// wait for their EPERM.
+const MAX_ANSWERS_PER_SECOND: u32 = 2000;
 
 struct Shared {
     task: String,
@@ -41,6 +45,24 @@ struct Shared {
     stopped: AtomicBool,
     /// Syscall numbers refused so far, each logged the first time.
     seen: Mutex<BTreeSet<i32>>,
+    /// The current second's start and the answers given in it.
+    pace: Mutex<(Instant, u32)>,
+}
+
+impl Shared {
+    /// Waits, if this second's answers are spent, for the next second.
+    fn wait_for_turn(&self) {
+        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let elapsed = now.duration_since(pace.0);
+        if elapsed >= Duration::from_secs(1) {
+            *pace = (now, 0);
+        } else if pace.1 >= MAX_ANSWERS_PER_SECOND {
+            std::thread::sleep(Duration::from_secs(1) - elapsed);
+            *pace = (Instant::now(), 0);
+        }
+        pace.1 += 1;
+    }
 }
 
 pub struct SeccompAgent {
@@ -51,11 +73,15 @@ pub struct SeccompAgent {
 impl SeccompAgent {
     /// Listens for the notify fds of task `task`'s filters.
     pub fn listen(task: &str) -> std::io::Result<SeccompAgent> {
+        Self::listen_in(Path::new(AGENT_DIR), task)
+    }
+
+    fn listen_in(dir: &Path, task: &str) -> std::io::Result<SeccompAgent> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(AGENT_DIR)?;
+            .create(dir)?;
         // Short enough for sun_path whatever the task's id; unique among
         // live shims by the shim's pid.
         let name = format!(
@@ -63,7 +89,7 @@ impl SeccompAgent {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let path = Path::new(AGENT_DIR).join(name);
+        let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -73,6 +99,7 @@ impl SeccompAgent {
             filters: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             seen: Mutex::default(),
+            pace: Mutex::new((Instant::now(), 0)),
         });
         let accepting = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -147,29 +174,12 @@ fn receive_filter(stream: &UnixStream) -> Result<OwnedFd, String> {
         .set_read_timeout(Some(ACCEPT_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("receiving a filter: {e}"))?;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: the kernel just installed each of them here.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+    let received =
+        fd_passing::receive(stream, &mut buf).map_err(|e| format!("receiving a filter: {e}"))?;
+    if received.truncated {
         return Err("a sender passed more than a notify fd".into());
     }
-    let mut fds = fds.into_iter();
+    let mut fds = received.fds.into_iter();
     let (Some(fd), None) = (fds.next(), fds.next()) else {
         return Err("a sender passed no notify fd, or several".into());
     };
@@ -232,6 +242,7 @@ fn answer(filter: &OwnedFd, shared: &Shared) {
             // ENOENT: the caller was killed before we read it; EINTR: again.
             continue;
         }
+        shared.wait_for_turn();
         let response = libc::seccomp_notif_resp {
             id: request.id,
             val: 0,
@@ -266,3 +277,7 @@ fn answer(filter: &OwnedFd, shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "seccomp_agent_tests.rs"]
+mod tests;

@@ -10,6 +10,7 @@
 
 pub mod cgroups;
 mod client;
+pub mod fd_passing;
 #[cfg(feature = "helper")]
 pub mod helper;
 #[cfg(feature = "helper")]

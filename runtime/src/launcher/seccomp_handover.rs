@@ -6,9 +6,9 @@
 //! helper over a socket pair made before it joined, and waits for the
 //! helper to say the agent has it before it execs.
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use super::fd_passing;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -20,15 +20,8 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without it the process still execs: a filter no agent holds has its
 /// notified calls answered ENOSYS by the kernel, still refused.
 pub(super) fn send(process_side: &UnixStream, fd: RawFd) -> Result<(), String> {
-    let fds = [fd];
-    sendmsg::<()>(
-        process_side.as_raw_fd(),
-        &[IoSlice::new(b"f")],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|e| format!("hand the seccomp notify fd to the helper: {e}"))?;
+    fd_passing::send(process_side, b"f", &[fd])
+        .map_err(|e| format!("hand the seccomp notify fd to the helper: {e}"))?;
     let mut done = [0u8; 1];
     let _ = (&*process_side).read(&mut done);
     Ok(())
@@ -41,26 +34,9 @@ pub(super) fn receive(helper_side: &UnixStream) -> Result<Option<OwnedFd>, Strin
         .set_read_timeout(Some(LOAD_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        helper_side.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("receive the exec process's seccomp notify fd: {e}"))?;
-    let mut fd = None;
-    for cmsg in msg.cmsgs().map_err(|e| e.to_string())? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for r in raw {
-                // SAFETY: the kernel just installed `r` here.
-                let owned = unsafe { OwnedFd::from_raw_fd(r) };
-                fd.get_or_insert(owned);
-            }
-        }
-    }
-    Ok(fd)
+    let received = fd_passing::receive(helper_side, &mut byte)
+        .map_err(|e| format!("receive the exec process's seccomp notify fd: {e}"))?;
+    Ok(received.fds.into_iter().next())
 }
 
 /// Passes `fd` to the agent at `listener`, then tells the process.
@@ -72,16 +48,8 @@ pub(super) fn forward(
 ) -> Result<(), String> {
     let agent = UnixStream::connect(listener)
         .map_err(|e| format!("the seccomp agent at {}: {e}", listener.display()))?;
-    let fds = [fd.as_raw_fd()];
-    let state = state.to_string();
-    sendmsg::<()>(
-        agent.as_raw_fd(),
-        &[IoSlice::new(state.as_bytes())],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(|e| format!("hand the notify fd to {}: {e}", listener.display()))?;
+    fd_passing::send(&agent, state.to_string().as_bytes(), &[fd.as_raw_fd()])
+        .map_err(|e| format!("hand the notify fd to {}: {e}", listener.display()))?;
     (&*helper_side)
         .write_all(b"d")
         .map_err(|e| format!("tell the exec process: {e}"))
