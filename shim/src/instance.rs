@@ -329,6 +329,9 @@ impl Instance {
         self.init.close_stdin();
         let mut problems = self.relay.as_ref().map(FacRelay::stop).unwrap_or_default();
         problems.extend(teardown(&self.record, self.registration.as_ref()));
+        if let Some(agent) = &self.seccomp {
+            agent.stop();
+        }
         problems
     }
 }

@@ -82,6 +82,7 @@ impl SeccompAgent {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        remove_stale(dir);
         // Short enough for sun_path whatever the task's id; unique among
         // live shims by the shim's pid.
         let name = format!(
@@ -113,6 +114,14 @@ impl SeccompAgent {
         &self.path
     }
 
+    /// Stops answering and removes the socket (the shim exits without
+    /// dropping its tasks). Whatever still runs under the filters is then
+    /// answered ENOSYS by the kernel.
+    pub fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+    }
+
     /// Syscalls refused so far, across every process of the partition.
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
@@ -121,8 +130,24 @@ impl SeccompAgent {
 
 impl Drop for SeccompAgent {
     fn drop(&mut self) {
-        self.shared.stopped.store(true, Ordering::Relaxed);
-        let _ = std::fs::remove_file(&self.path);
+        self.stop();
+    }
+}
+
+/// Removes the sockets in `dir` of shims that are gone (a shim killed
+/// before its tasks were deleted): each is named after its shim's pid.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -120,3 +120,20 @@ fn a_sender_of_no_fd_or_another_kind_of_fd_is_refused_by_name() {
     let several = receive_filter(&ours).unwrap_err();
     assert!(several.contains("several"), "{several}");
 }
+
+#[test]
+fn sockets_of_gone_shims_are_removed_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pids above pid_max's ceiling (2^22) are never alive.
+    let gone = dir.path().join("4194305-0.sock");
+    let other = dir.path().join("not-a-pid.sock");
+    std::fs::write(&gone, "").unwrap();
+    std::fs::write(&other, "").unwrap();
+    let first = SeccompAgent::listen_in(dir.path(), "one").unwrap();
+    let second = SeccompAgent::listen_in(dir.path(), "two").unwrap();
+    assert!(!gone.exists());
+    assert!(other.exists(), "not ours to judge");
+    assert!(first.path().exists(), "this shim is alive");
+    second.stop();
+    assert!(!second.path().exists());
+}
