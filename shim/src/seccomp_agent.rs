@@ -15,7 +15,7 @@
 
 use furnace_runtime::launcher::fd_passing;
 use std::collections::BTreeSet;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -277,7 +277,7 @@ fn answer(filter: &OwnedFd, shared: &Shared) {
         // SAFETY: SEND reads `response`, a struct of the size the ioctl names.
         let sent = unsafe {
             libc::ioctl(
-                filter.as_fd().as_raw_fd(),
+                filter.as_raw_fd(),
                 libc::SECCOMP_IOCTL_NOTIF_SEND,
                 &response,
             )

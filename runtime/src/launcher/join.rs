@@ -65,14 +65,9 @@ fn spawn(bundle: &Path, init_pid: u32, process: &Process) -> Result<u32, String>
     let namespaces = open_namespaces(init_pid)?;
     let programs = candidates(process)?;
     let seccomp = linux.seccomp().as_ref();
-    let agent = seccomp.and_then(|s| {
-        let notifies = s
-            .syscalls()
-            .iter()
-            .flatten()
-            .any(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActNotify);
-        s.listener_path().clone().filter(|_| notifies)
-    });
+    let agent = seccomp
+        .filter(|s| libcontainer::seccomp::is_notify(s))
+        .and_then(|s| s.listener_path().clone());
     let handover = match agent {
         Some(_) => Some(UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?),
         None => None,
