@@ -30,6 +30,7 @@ const SIZE: &str = r"^[0-9]{1,19}(Ki|Mi|Gi)?$";
     version = "v1alpha1",
     kind = "FurnaceApp",
     namespaced,
+    doc = "A tenant's VMI app, run as one pod under the furnace RuntimeClass on its guest's node",
     status = "FurnaceAppStatus",
     shortname = "fapp",
     category = "furnace",

@@ -17,6 +17,7 @@ pub const ATTACHED: &str = "Attached";
     version = "v1alpha1",
     kind = "FurnaceGuest",
     namespaced,
+    doc = "A guest VM on one node, whose VMI sidecar that node's agent runs",
     status = "FurnaceGuestStatus",
     shortname = "fguest",
     category = "furnace",
