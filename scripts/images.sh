@@ -110,7 +110,7 @@ crate_of() {
     dir=$(image_dir "$1")
     if [ -f "$dir/Cargo.toml" ]; then
         sed -nE '0,/^name = "(.*)"/s//\1/p' "$dir/Cargo.toml"
-    elif [ "$1" = probe ]; then
+    elif [ "$1" = probe ] || [ "$1" = pause ]; then
         echo furnace-probe
     fi
 }

@@ -118,9 +118,12 @@ impl Instance {
                 (backend, record)
             });
         let app_id = registration::app_id(p.namespace, p.id);
-        let vmi_socket = request
-            .guest
-            .as_deref()
+        // A CRI sandbox carries the pod's furnace.dev/guest too (CRI passes
+        // pod annotations to every container of the pod); only the app
+        // reaches the guest.
+        let vmi_socket = (role == Role::App)
+            .then_some(request.guest.as_deref())
+            .flatten()
             .map(|g| registration::app_socket(&p.config.socket_root, g, &app_id));
         // Apps run under furnace-init as PID 1 (docs/shim.md, "PID 1"); a
         // CRI sandbox's pause process is an init itself.
@@ -258,6 +261,9 @@ impl Instance {
         )?;
         if let Some(root) = hardened.spec.root_mut() {
             root.set_path(rootfs.clone());
+        }
+        if let Some(dir) = rootfs.parent() {
+            rootfs::stage_cri_files(&mut hardened.spec, dir)?;
         }
         furnace_runtime::launcher::mountpoints::create(&rootfs, &hardened.spec)
             .map_err(CreateError::Failed)?;

@@ -17,6 +17,8 @@
 //!     <id>/                           0710 root:<the partition's host gid>
 //!       rootfs/                       the snapshot mount (or a bind of spec.root.path)
 //!       init                          a bind of the host's furnace-init
+//!       cri/                          0755 root: copies of CRI's /etc/hosts,
+//!                                     /etc/hostname and /etc/resolv.conf
 //! ```
 //!
 //! Only root and the partition's own gid can enter `<id>`; nobody but root
@@ -181,6 +183,12 @@ pub fn remove(target: &Path) -> Result<(), String> {
     };
     let init = dir.join("init");
     unmount(&init)?;
+    let cri = dir.join(CRI_DIR);
+    if let Err(e) = std::fs::remove_dir_all(&cri) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("removing {}: {e}", cri.display()));
+        }
+    }
     let gone = |r: std::io::Result<()>, path: &Path| match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("removing {}: {e}", path.display()))
@@ -190,6 +198,84 @@ pub fn remove(target: &Path) -> Result<(), String> {
     gone(std::fs::remove_dir(target), target)?;
     gone(std::fs::remove_file(&init), &init)?;
     gone(std::fs::remove_dir(dir), dir)
+}
+
+/// Beside the rootfs: the partition's copies of CRI's files.
+const CRI_DIR: &str = "cri";
+/// CRI's files are a few lines each; anything larger is no hosts file.
+const MAX_CRI_FILE: u64 = 64 << 10;
+
+/// Points the spec's binds of CRI's per-container files (`/etc/hosts`,
+/// `/etc/hostname`, `/etc/resolv.conf`) at copies in the partition
+/// directory (`dir`, from [`claim`]). containerd writes them under its own
+/// root, which is `0700 root` on a stock host, so the partition's user
+/// namespace could not reach them to bind. Only a plain, world-readable
+/// file of at most 64 KiB is copied, so a bind of some private host file
+/// at one of those paths (`ctr --mount`) is refused rather than exposed.
+pub fn stage_cri_files(spec: &mut oci_spec::runtime::Spec, dir: &Path) -> Result<(), CreateError> {
+    let Some(mounts) = spec.mounts_mut() else {
+        return Ok(());
+    };
+    let staged = dir.join(CRI_DIR);
+    for m in mounts.iter_mut() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        let Some(name) = furnace_runtime::policy::CRI_FILES
+            .contains(&dest.as_str())
+            .then(|| Path::new(&dest).file_name().map(|n| n.to_owned()))
+            .flatten()
+        else {
+            continue;
+        };
+        let Some(source) = m.source().clone() else {
+            continue;
+        };
+        if !source.starts_with("/") {
+            continue;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&staged)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| CreateError::Failed(format!("creating {}: {e}", staged.display())))?;
+        let copy = staged.join(&name);
+        copy_public_file(&source, &copy).map_err(|problem| {
+            CreateError::Invalid(format!(
+                "the bind of {} at {dest} {problem}; CRI's own files are plain and world-readable",
+                source.display()
+            ))
+        })?;
+        m.set_source(Some(copy));
+    }
+    Ok(())
+}
+
+fn copy_public_file(source: &Path, copy: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(source)
+        .map_err(|e| format!("cannot be opened: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() || meta.mode() & 0o004 == 0 || meta.len() > MAX_CRI_FILE {
+        return Err(format!(
+            "is not a plain world-readable file of at most {} KiB",
+            MAX_CRI_FILE >> 10
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CRI_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    std::fs::write(copy, &bytes).map_err(|e| format!("cannot be copied: {e}"))?;
+    std::fs::set_permissions(copy, std::fs::Permissions::from_mode(0o444))
+        .map_err(|e| format!("cannot be copied: {e}"))
 }
 
 pub(crate) fn unmount(path: &Path) -> Result<(), String> {
@@ -229,6 +315,62 @@ mod tests {
         remove(&target).unwrap();
         assert!(!dir.exists());
         remove(&target).unwrap();
+        std::fs::remove_dir(dir.parent().unwrap()).unwrap();
+    }
+
+    /// containerd's copies sit in a 0700 directory the partition cannot
+    /// enter; the spec ends up naming copies it can, and a private file
+    /// bound at /etc/hosts is refused rather than copied out.
+    #[test]
+    fn cri_files_are_copied_where_the_partition_reaches_them_and_private_ones_refused() {
+        let namespace = format!("unit-cri-{}", std::process::id());
+        let target = claim(&namespace, "app", Some(4242)).unwrap();
+        let dir = target.parent().unwrap().to_owned();
+        let containerd = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(containerd.path(), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        let hosts = containerd.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let bind = |source: &Path, dest: &str| {
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(source)
+                .options(vec!["rbind".to_string(), "ro".to_string()])
+                .build()
+                .unwrap()
+        };
+        let proc_mount = oci_spec::runtime::MountBuilder::default()
+            .destination("/proc")
+            .typ("proc")
+            .source("proc")
+            .build()
+            .unwrap();
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_mounts(Some(vec![bind(&hosts, "/etc/hosts"), proc_mount.clone()]));
+        stage_cri_files(&mut spec, &dir).unwrap();
+        let mounts = spec.mounts().clone().unwrap();
+        let copy = dir.join("cri/hosts");
+        assert_eq!(mounts[0].source().as_deref(), Some(copy.as_path()));
+        assert_eq!(mounts[1], proc_mount, "other mounts are left alone");
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        assert_eq!(std::fs::metadata(&copy).unwrap().mode() & 0o777, 0o444);
+
+        let private = containerd.path().join("shadow");
+        std::fs::write(&private, "root:secret\n").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let mut spec = oci_spec::runtime::Spec::default();
+        spec.set_mounts(Some(vec![bind(&private, "/etc/resolv.conf")]));
+        let refused = stage_cri_files(&mut spec, &dir).unwrap_err().to_string();
+        assert!(refused.contains("world-readable"), "{refused}");
+        assert!(!dir.join("cri/resolv.conf").exists());
+
+        remove(&target).unwrap();
+        assert!(!dir.exists(), "the copies go with the partition");
         std::fs::remove_dir(dir.parent().unwrap()).unwrap();
     }
 }

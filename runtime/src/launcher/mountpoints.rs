@@ -8,13 +8,14 @@
 //! libpathrs) so that an image's symlink cannot point the creation at the host.
 
 use oci_spec::runtime::Spec;
-use pathrs::Root;
+use pathrs::{InodeType, Root};
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Creates the directory each of `spec`'s mounts needs inside `rootfs`: the
-/// destination itself, or its parent for a bind mount of a file.
+/// destination itself, or for a bind mount of a file its parent and an
+/// empty file.
 pub fn create(rootfs: &Path, spec: &Spec) -> Result<(), String> {
     let root =
         Root::open(rootfs).map_err(|e| format!("opening rootfs {}: {e}", rootfs.display()))?;
@@ -39,6 +40,26 @@ pub fn create(rootfs: &Path, spec: &Spec) -> Result<(), String> {
         }
         root.mkdir_all(&dir, &mode)
             .map_err(|e| format!("creating mount point /{} in the rootfs: {e}", dir.display()))?;
+        // A file bind needs a file to land on, which the partition could
+        // not create in a root-owned directory of the image (CRI's
+        // /etc/hosts in an image's /etc).
+        // Not under a filesystem the partition mounts itself (its tmpfs at
+        // /run/furnace), where libcontainer makes the file.
+        let covered = spec.mounts().iter().flatten().any(|m| {
+            m.typ().as_deref() != Some("bind")
+                && m.destination() != destination
+                && destination.starts_with(m.destination())
+        });
+        let file = relative(destination);
+        if is_file_bind && !covered && root.resolve(&file).is_err() {
+            root.create(&file, &InodeType::File(Permissions::from_mode(0o644)))
+                .map_err(|e| {
+                    format!(
+                        "creating mount point /{} in the rootfs: {e}",
+                        file.display()
+                    )
+                })?;
+        }
     }
     Ok(())
 }
@@ -87,6 +108,33 @@ mod tests {
         assert!(rootfs.path().join("proc").is_dir());
         assert!(rootfs.path().join("run/furnace").is_dir());
         assert!(!rootfs.path().join("run/furnace/vmi.sock").exists());
+    }
+
+    /// CRI binds /etc/hosts onto an image whose /etc the partition's root
+    /// cannot write: the file to bind onto is made beforehand, once.
+    #[test]
+    fn a_file_bind_into_the_image_gets_its_file() {
+        let rootfs = tempfile::tempdir().unwrap();
+        std::fs::create_dir(rootfs.path().join("etc")).unwrap();
+        std::fs::write(rootfs.path().join("etc/hostname"), "image\n").unwrap();
+        let source = tempfile::NamedTempFile::new().unwrap();
+        let bind = |dest: &str| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(source.path())
+                .build()
+                .unwrap()
+        };
+        let spec = spec_with(vec![bind("/etc/hosts"), bind("/etc/hostname")]);
+        create(rootfs.path(), &spec).unwrap();
+        create(rootfs.path(), &spec).unwrap();
+        assert_eq!(std::fs::read(rootfs.path().join("etc/hosts")).unwrap(), b"");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.path().join("etc/hostname")).unwrap(),
+            "image\n",
+            "an image's own file is left as it is"
+        );
     }
 
     #[test]

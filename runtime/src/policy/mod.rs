@@ -18,7 +18,7 @@ mod init;
 mod mounts;
 mod relay;
 pub use init::{init_for_role, pid1_init, INIT_PATH};
-pub use mounts::mounts;
+pub use mounts::{mounts, CRI_FILES};
 pub use relay::{relay_args, relay_spec};
 
 /// Where the app finds its VMI socket.
@@ -149,8 +149,14 @@ pub fn drop_privileges(spec: &mut Spec) -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// The process part of the policy, also for an `exec`ed process.
+/// The process part of the policy, also for an `exec`ed process. A
+/// negative OOM score (CRI gives the pod sandbox -998) is raised to 0: a
+/// partition may not shield itself from the OOM killer, and from inside its
+/// user namespace the kernel would refuse the write anyway.
 pub fn harden_process(process: &mut oci_spec::runtime::Process) {
+    if process.oom_score_adj().is_some_and(|adj| adj < 0) {
+        process.set_oom_score_adj(Some(0));
+    }
     let none = || Some(Capabilities::new());
     let mut caps = LinuxCapabilities::default();
     caps.set_bounding(none());

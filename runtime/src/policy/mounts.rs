@@ -60,7 +60,7 @@ fn force_options(m: &mut Mount, extra: &[&str]) {
 }
 
 /// CRI's per-container files, bound read-only.
-const CRI_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
+pub const CRI_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Bound by kubelet, dropped: a token is a credential the app must not hold,
 /// and the termination log is an unbounded host file the app could fill.
 const DROPPED: &[&str] = &[

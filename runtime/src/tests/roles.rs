@@ -377,6 +377,20 @@ fn hooks_sysctls_and_caps_from_the_spec_are_stripped() {
 }
 
 #[test]
+fn no_partition_lowers_its_oom_score_but_one_may_raise_it() {
+    for (asked, given) in [(-998, 0), (-1, 0), (0, 0), (500, 500), (1000, 1000)] {
+        let mut spec = Spec::default();
+        spec.process_mut()
+            .as_mut()
+            .unwrap()
+            .set_oom_score_adj(Some(asked));
+        let h = app(spec, &[]).unwrap();
+        let adj = h.spec.process().as_ref().unwrap().oom_score_adj();
+        assert_eq!(adj, Some(given), "asked {asked}");
+    }
+}
+
+#[test]
 fn users_outside_the_mapped_range_are_refused() {
     let mut spec = Spec::default();
     spec.process_mut()
