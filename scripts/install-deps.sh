@@ -20,6 +20,7 @@ packages=(
     pkg-config
     iproute2          # the tenant backend's network namespace and veth (demo, tests)
     tcpdump           # the capture that shows facilities traffic is ciphertext
+    containernetworking-plugins  # the CNI bridge the CRI tests' pod sandboxes get
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -9,6 +9,9 @@ FURNACE_KERNEL_DIR=$("$furnace" guest fetch-kernel)
 
 # The images the end-to-end tests run under io.furnace.v1, built from our Dockerfiles.
 bash scripts/images.sh
+# crictl from its Go module (cached per version), for the CRI tests.
+export FURNACE_CRICTL
+FURNACE_CRICTL=$(bash scripts/go-tools.sh crictl)
 
 log=$(mktemp /tmp/furnace-test.XXXXXX)
 status=0

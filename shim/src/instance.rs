@@ -50,6 +50,8 @@ pub enum CreateError {
 
 pub struct Instance {
     pub id: String,
+    /// An app, or a CRI pod's sandbox.
+    pub role: Role,
     pub bundle: PathBuf,
     pub pid: u32,
     pub stdin: String,
@@ -94,6 +96,16 @@ impl Drop for Undo {
             }
         }
     }
+}
+
+/// The role the bundle's spec asks for: a CRI sandbox, else an app. An
+/// unreadable spec is an app's, whose create then reports the problem.
+pub fn role_of(bundle: &Path) -> Role {
+    Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.annotations().clone())
+        .map(|a| Role::from_annotations(&a))
+        .unwrap_or(Role::App)
 }
 
 impl Instance {
@@ -283,6 +295,7 @@ impl Instance {
         let relay = undo.relay.take();
         Ok(Instance {
             id: p.id.into(),
+            role,
             bundle: p.bundle.into(),
             pid,
             stdin: p.stdin.into(),

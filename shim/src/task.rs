@@ -16,7 +16,7 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::{ExitSignal, Task};
-use furnace_runtime::ProviderConfig;
+use furnace_runtime::{ProviderConfig, Role};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -120,6 +120,25 @@ impl TaskService {
             .cloned()
             .ok_or_else(|| error(Code::NOT_FOUND, format!("task {id} not found")))
     }
+
+    /// One shim serves one pod, and a pod runs one app: each app is a
+    /// partition of its own, with its own registration and relay, so a
+    /// second app container is refused before anything is set up for it.
+    fn refuse_a_second_app(&self, id: &str) -> ttrpc::Result<()> {
+        match lock(&self.tasks).values().find(|t| t.role == Role::App) {
+            Some(other) => Err(second_app(id, &other.id)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn second_app(id: &str, other: &str) -> ttrpc::Error {
+    error(
+        Code::FAILED_PRECONDITION,
+        format!(
+            "task {id}: this pod already runs the Furnace app {other}; a pod under io.furnace.v1 runs one app container, so give each app a pod of its own"
+        ),
+    )
 }
 
 type Owner = (Arc<Instance>, Option<Arc<ExecProcess>>);
@@ -218,6 +237,10 @@ impl Task for TaskService {
                 "io.furnace.v1 cannot restore checkpoints",
             ));
         }
+        let app_role = crate::instance::role_of(Path::new(&req.bundle)) == Role::App;
+        if app_role {
+            self.refuse_a_second_app(&req.id)?;
+        }
         let config = load_config(req.options.as_ref())?;
         let rootfs = req
             .rootfs
@@ -247,7 +270,21 @@ impl Task for TaskService {
         let pid = instance.pid;
         let early_exit = {
             let mut unclaimed = lock(&self.unclaimed_exits);
-            lock(&self.tasks).insert(req.id.clone(), Arc::clone(&instance));
+            let mut tasks = lock(&self.tasks);
+            // Checked again where it cannot race another create.
+            if let Some(other) = app_role
+                .then(|| tasks.values().find(|t| t.role == Role::App))
+                .flatten()
+            {
+                let refused = second_app(&req.id, &other.id);
+                drop(tasks);
+                drop(unclaimed);
+                for problem in instance.destroy() {
+                    log::warn!("{}: {problem}", req.id);
+                }
+                return Err(refused);
+            }
+            tasks.insert(req.id.clone(), Arc::clone(&instance));
             unclaimed.remove(&pid)
         };
 

@@ -96,6 +96,9 @@ pub enum Layout {
     /// as Debian's package runs it: the config names only the sockets.
     /// There can be one at a time on a machine.
     Stock,
+    /// [`Layout::Private`]'s directories, with containerd's CRI plugin on
+    /// and configured as docs/containerd-furnace.toml says (`crate::cri`).
+    Cri,
 }
 
 /// containerd's default root and state (`Layout::Stock`).
@@ -117,7 +120,7 @@ impl TestContainerd {
         let dir = fresh_fixture_dir(Path::new(FIXTURE_ROOT), label)?;
         let address = dir.join("containerd.sock");
         let config = match layout {
-            Layout::Private => {
+            Layout::Private | Layout::Cri => {
                 for sub in ["root", "state"] {
                     let path = dir.join(sub);
                     std::fs::DirBuilder::new()
@@ -125,7 +128,11 @@ impl TestContainerd {
                         .create(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
                 }
-                private_config_toml(&dir, &address)
+                if layout == Layout::Cri {
+                    crate::cri::containerd_config(&dir, &address)?
+                } else {
+                    private_config_toml(&dir, &address)
+                }
             }
             Layout::Stock => {
                 refuse_a_running_stock_containerd()?;
@@ -175,11 +182,16 @@ impl TestContainerd {
     /// `ctr` against this containerd, not yet started (for a long-running
     /// one such as `ctr events`).
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// `ctr` in another containerd namespace (CRI's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut command = Command::new(CTR);
         command
             .arg("--address")
             .arg(&self.address)
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::null());
         command

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod audit;
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 mod host;
 pub mod ids;

@@ -1,0 +1,290 @@
+//! kubelet's path without kubelet: a private containerd 1.6 with its CRI
+//! plugin configured from docs/containerd-furnace.toml, driven by the real
+//! `crictl` (built from `sigs.k8s.io/cri-tools` by scripts/go-tools.sh), on
+//! a booted guest with its sidecar. No mock: pods are real sandboxes on a
+//! real CNI bridge, and their apps run under `io.furnace.v1` as kubelet
+//! would have them run.
+
+use crate::containerd::{image_archive, require_furnace_shim, Layout, TestContainerd};
+use crate::{TestGuest, TestSidecar};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// CRI's containerd namespace.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// The RuntimeClass handler docs/containerd-furnace.toml declares.
+pub const HANDLER: &str = "furnace";
+/// The pod sandbox image (tests/images/pause), as CRI names it.
+pub const PAUSE_IMAGE: &str = "docker.io/furnace/pause:dev";
+/// How long one crictl call may take.
+const CRICTL_TIMEOUT: &str = "60s";
+
+/// The CNI bridge and subnet of this test process: unique per pid, so
+/// suites in parallel do not share one.
+fn network() -> (String, String) {
+    let n = std::process::id();
+    (
+        format!("fcri{}", n % 100_000),
+        format!("10.216.{}.0/24", n % 250),
+    )
+}
+
+/// docs/containerd-furnace.toml with this fixture's root, state, sockets,
+/// pause image, CNI config and provider config. The runtime tables are
+/// taken from the documented file as they are, so the tests run what a
+/// provider installs.
+pub fn containerd_config(dir: &Path, address: &Path) -> Result<String> {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/containerd-furnace.toml");
+    let text =
+        std::fs::read_to_string(&docs).with_context(|| format!("reading {}", docs.display()))?;
+    let mut config: toml::Table =
+        toml::from_str(&text).context("docs/containerd-furnace.toml is TOML")?;
+    let s = |p: &Path| toml::Value::String(p.display().to_string());
+    config.insert("root".into(), s(&dir.join("root")));
+    config.insert("state".into(), s(&dir.join("state")));
+    config.insert(
+        "grpc".into(),
+        toml::Value::Table(toml::Table::from_iter([("address".into(), s(address))])),
+    );
+    let ttrpc = PathBuf::from(format!("{}.ttrpc", address.display()));
+    config.insert(
+        "ttrpc".into(),
+        toml::Value::Table(toml::Table::from_iter([("address".into(), s(&ttrpc))])),
+    );
+
+    let cni_dir = dir.join("cni");
+    std::fs::create_dir_all(&cni_dir)?;
+    let (bridge, subnet) = network();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "furnace-test",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": false, "ipMasq": false,
+             "ipam": {"type": "host-local", "dataDir": dir.join("ipam"), "ranges": [[{"subnet": subnet}]]}},
+            {"type": "loopback"}
+        ]
+    });
+    std::fs::write(
+        cni_dir.join("10-furnace-test.conflist"),
+        conflist.to_string(),
+    )?;
+    // Every key has a default; the file must exist because the runtime
+    // option names it.
+    let provider = dir.join("furnace.toml");
+    std::fs::write(&provider, "")?;
+
+    let cri = config
+        .get_mut("plugins")
+        .and_then(|p| p.get_mut("io.containerd.grpc.v1.cri"))
+        .and_then(|c| c.as_table_mut())
+        .context("docs/containerd-furnace.toml has no CRI plugin table")?;
+    cri.insert("sandbox_image".into(), PAUSE_IMAGE.into());
+    cri.insert(
+        "cni".into(),
+        toml::Value::Table(toml::Table::from_iter([
+            ("bin_dir".into(), "/usr/lib/cni".into()),
+            ("conf_dir".into(), s(&cni_dir)),
+        ])),
+    );
+    let options = cri
+        .get_mut("containerd")
+        .and_then(|c| c.get_mut("runtimes"))
+        .and_then(|r| r.get_mut(HANDLER))
+        .and_then(|f| f.get_mut("options"))
+        .and_then(|o| o.as_table_mut())
+        .context("docs/containerd-furnace.toml declares no furnace runtime options")?;
+    options.insert("ConfigPath".into(), s(&provider));
+    Ok(toml::to_string(&config)?)
+}
+
+/// One node: a guest, its sidecar, and a CRI containerd with the pause,
+/// probe and ps images in its `k8s.io` namespace.
+pub struct CriNode {
+    pub guest: TestGuest,
+    pub sidecar: TestSidecar,
+    pub containerd: TestContainerd,
+    crictl: PathBuf,
+}
+
+static TEARDOWN: Once = Once::new();
+static ADDRESS: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::new(None);
+
+extern "C" fn remove_pods_and_bridge() {
+    if let Some((crictl, address)) = ADDRESS.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = crictl_command(&crictl, &address, &["rmp", "--force", "--all"]).output();
+    }
+    let (bridge, _) = network();
+    let _ = Command::new("ip")
+        .args(["link", "del", &bridge])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl CriNode {
+    pub fn start(label: &str) -> Result<CriNode> {
+        require_furnace_shim();
+        let crictl = crictl()?;
+        let guest = TestGuest::start(label, &[])?;
+        let sidecar = TestSidecar::start(&guest, &[])?;
+        let containerd = TestContainerd::start_with(label, Layout::Cri)?;
+        // Pods and their veths go before containerd does (atexit runs last
+        // registered first), the bridge after.
+        *ADDRESS.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((crictl.clone(), containerd.address.clone()));
+        TEARDOWN.call_once(|| {
+            // SAFETY: registering a plain extern "C" function has no preconditions.
+            unsafe { libc::atexit(remove_pods_and_bridge) };
+        });
+        let node = CriNode {
+            guest,
+            sidecar,
+            containerd,
+            crictl,
+        };
+        for image in ["pause", "probe", "ps"] {
+            node.import(image)?;
+        }
+        Ok(node)
+    }
+
+    /// Imports `target/images/<name>.tar` into CRI's namespace under the
+    /// name CRI resolves `furnace/<name>:dev` to.
+    fn import(&self, name: &str) -> Result<()> {
+        let archive = image_archive(name);
+        let out = self
+            .containerd
+            .ctr_in(
+                CRI_NAMESPACE,
+                &["images", "import", archive.to_str().unwrap()],
+            )
+            .output()?;
+        crate::host::stdout_if_success(&format!("ctr images import {name}"), &out)?;
+        let short = format!("furnace/{name}:dev");
+        let full = format!("docker.io/{short}");
+        let out = self
+            .containerd
+            .ctr_in(CRI_NAMESPACE, &["images", "tag", "--force", &short, &full])
+            .output()?;
+        crate::host::stdout_if_success(&format!("ctr images tag {full}"), &out)?;
+        Ok(())
+    }
+
+    pub fn crictl(&self, args: &[&str]) -> Output {
+        crictl_command(&self.crictl, &self.containerd.address, args)
+            .output()
+            .expect("crictl runs")
+    }
+
+    /// crictl's stdout, trimmed; fails with its stderr.
+    pub fn crictl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.crictl(args);
+        if !out.status.success() {
+            bail!("crictl {args:?} failed: {}", errors_of(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Writes `config` to a file in the fixture and returns its path.
+    pub fn config_file(&self, name: &str, config: &Value) -> PathBuf {
+        let path = self.containerd.dir.join(name);
+        std::fs::write(&path, config.to_string()).expect("the fixture directory is writable");
+        path
+    }
+
+    /// RunPodSandbox on the furnace handler; returns the pod's id.
+    pub fn run_pod(&self, pod: &Path) -> Result<String> {
+        self.crictl_ok(&["runp", "--runtime", HANDLER, pod.to_str().unwrap()])
+    }
+
+    /// CreateContainer and StartContainer; returns the container's id.
+    pub fn start_container(&self, pod_id: &str, container: &Path, pod: &Path) -> Result<String> {
+        let id = self.crictl_ok(&[
+            "create",
+            pod_id,
+            container.to_str().unwrap(),
+            pod.to_str().unwrap(),
+        ])?;
+        self.crictl_ok(&["start", &id])?;
+        Ok(id)
+    }
+
+    /// `crictl inspect` (or `inspectp`) as JSON.
+    pub fn inspect(&self, what: &str, id: &str) -> Result<Value> {
+        Ok(serde_json::from_str(
+            &self.crictl_ok(&[what, "-o", "json", id])?,
+        )?)
+    }
+
+    /// Waits (at most `limit`) for the container to exit; returns its status.
+    pub fn wait_exited(&self, id: &str, limit: Duration) -> Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.inspect("inspect", id)?["status"].clone();
+            if status["state"] == "CONTAINER_EXITED" {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("container {id} still {} after {limit:?}", status["state"]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// StopPodSandbox and RemovePodSandbox.
+    pub fn remove_pod(&self, pod_id: &str) -> Result<()> {
+        self.crictl_ok(&["stopp", pod_id])?;
+        self.crictl_ok(&["rmp", pod_id])?;
+        Ok(())
+    }
+}
+
+/// crictl's error line, without its config-file warnings.
+pub fn errors_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("level=warning"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn crictl_command(crictl: &Path, address: &Path, args: &[&str]) -> Command {
+    let endpoint = format!("unix://{}", address.display());
+    let mut command = Command::new(crictl);
+    command
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+            "--timeout",
+            CRICTL_TIMEOUT,
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+/// `FURNACE_CRICTL`, or the one scripts/go-tools.sh builds (and caches).
+fn crictl() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FURNACE_CRICTL") {
+        return Ok(path.into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/go-tools.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("crictl")
+        .stderr(Stdio::inherit())
+        .output()?;
+    let path =
+        PathBuf::from(crate::host::stdout_if_success("scripts/go-tools.sh crictl", &out)?.trim());
+    anyhow::ensure!(
+        path.is_file(),
+        "go-tools.sh printed {}, which is no file",
+        path.display()
+    );
+    Ok(path)
+}
