@@ -20,6 +20,8 @@ pub const ATTACHED: &str = "Attached";
     doc = "A guest VM on one node, whose VMI sidecar that node's agent runs",
     status = "FurnaceGuestStatus",
     shortname = "fguest",
+    // The node agent watches only its own node's guests.
+    selectable = ".spec.node",
     category = "furnace",
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Driver","type":"string","jsonPath":".spec.driver"}"#,

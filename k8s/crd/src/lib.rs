@@ -7,6 +7,7 @@
 //! test fails when the files there drift from these types.
 
 pub mod app;
+pub mod conditions;
 pub mod guest;
 mod pod_annotations;
 

@@ -1,9 +1,10 @@
 //! A FurnaceApp's status, computed from what the operator observed.
 
 use furnace_crd::app::{Phase, GUEST_FOUND, READY, SCHEDULED};
+use furnace_crd::conditions::{condition, settle};
 use furnace_crd::{FurnaceApp, FurnaceAppStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 /// What the operator saw of the app's world on this pass.
@@ -132,18 +133,7 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    status.conditions = conditions
-        .into_iter()
-        .map(|mut c| {
-            c.observed_generation = generation;
-            c.last_transition_time = old
-                .iter()
-                .find(|o| o.type_ == c.type_ && o.status == c.status)
-                .map(|o| o.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            c
-        })
-        .collect();
+    status.conditions = settle(conditions, old, generation, now);
     status
 }
 
@@ -198,15 +188,4 @@ fn pod_condition<'a>(
         .as_ref()?
         .iter()
         .find(|c| c.type_ == type_)
-}
-
-fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Time(Default::default()),
-        observed_generation: None,
-    }
 }
