@@ -4,8 +4,8 @@
 #
 # Usage: scripts/images.sh [--stage] [--import] [--docker] [NAME...]
 #   NAME...   images to build, with the furnace/* images they are built FROM
-#             (default: every directory with a Dockerfile under tests/images/
-#             and oci-images/)
+#             (default: every directory with a Dockerfile under tests/images/,
+#             oci-images/ and k8s/)
 #   --stage   only stage the build contexts, for `docker build`:
 #             docker build -t furnace/NAME:dev target/images/context/NAME
 #   --import  also import every archive into containerd (CONTAINERD_ADDRESS,
@@ -64,7 +64,7 @@ $stage_only || command -v buildah >/dev/null ||
 
 image_dir() {
     local d
-    for d in tests/images oci-images; do
+    for d in tests/images oci-images k8s; do
         if [ -f "$d/$1/Dockerfile" ]; then echo "$d/$1"; return; fi
     done
     return 1
@@ -76,11 +76,11 @@ bases_of() {
 }
 
 if [ ${#names[@]} -eq 0 ]; then
-    for dockerfile in tests/images/*/Dockerfile oci-images/*/Dockerfile; do
+    for dockerfile in tests/images/*/Dockerfile oci-images/*/Dockerfile k8s/*/Dockerfile; do
         [ -f "$dockerfile" ] && names+=("$(basename "$(dirname "$dockerfile")")")
     done
 fi
-[ ${#names[@]} -gt 0 ] || die "no images found under tests/images/ or oci-images/"
+[ ${#names[@]} -gt 0 ] || die "no images found under tests/images/, oci-images/ or k8s/"
 
 # Bases before the images built on them.
 order=()
@@ -89,7 +89,7 @@ place() {
     local name=$1 base
     [ -n "${placed[$name]:-}" ] && return
     [ -n "${visiting[$name]:-}" ] && die "the Dockerfiles' FROM lines loop through $name"
-    image_dir "$name" >/dev/null || die "no image $name (tests/images/$name/Dockerfile or oci-images/$name/Dockerfile)"
+    image_dir "$name" >/dev/null || die "no image $name (tests/images/$name/Dockerfile, oci-images/$name/Dockerfile or k8s/$name/Dockerfile)"
     visiting[$name]=1
     for base in $(bases_of "$name"); do place "$base"; done
     placed[$name]=1
@@ -121,12 +121,16 @@ crates=()
 for name in "${order[@]}"; do
     crate=$(crate_of "$name")
     [ -n "$crate" ] && crates+=("$crate")
+    # The node agent's image carries the sidecar it runs.
+    [ "$name" = node-agent ] && crates+=(furnace-vmi)
 done
 build_static() {
     [ ${#crates[@]} -gt 0 ] || return 0
     local args=() crate
     for crate in "${crates[@]}"; do args+=(-p "$crate"); done
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" "${args[@]}"
+    # libseccomp (the sidecar's worker filter) from Debian's static archive.
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+        RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target "$target" "${args[@]}"
 }
 static_binary() {
     local bin=$root/target/$target/release/$1
@@ -149,6 +153,10 @@ stage_busybox() {
 
 stage_probe() {
     stage_busybox "$1"
+}
+
+stage_node_agent() {
+    strip -o "$1/furnace-vmi-sidecar" "$(static_binary furnace-vmi-sidecar)"
 }
 
 # The directories git cannot hold.
@@ -193,7 +201,7 @@ stage() {
     rm -rf "$context"
     mkdir -p "$context"
     cp -a "$(image_dir "$name")/." "$context/"
-    rm -rf "$context/src" "$context/Cargo.toml"
+    rm -rf "$context/src" "$context/tests" "$context/Cargo.toml"
     crate=$(crate_of "$name")
     if [ -n "$crate" ]; then strip -o "$context/$crate" "$(static_binary "$crate")"; fi
     hook=stage_${name//-/_}

@@ -58,6 +58,15 @@ impl SidecarCommand {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        // A sidecar outliving a killed agent would hold its guest's sockets
+        // against the agent's next start.
+        // SAFETY: prctl is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         cmd
     }
 }
