@@ -73,8 +73,8 @@ fn runs(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_sidecar_is_started_with_its_guest_restarted_when_it_dies_and_stopped_with_it() {
+/// A stand-in sidecar for guest g1 of namespace t1, started; its pid.
+async fn started() -> (tempfile::TempDir, Arc<Supervisor>, PathBuf, u32) {
     let dir = tempfile::tempdir().unwrap();
     let (supervisor, runs_file) = stand_in(dir.path());
     supervisor
@@ -82,6 +82,12 @@ async fn a_sidecar_is_started_with_its_guest_restarted_when_it_dies_and_stopped_
         .await
         .unwrap();
     let first = eventually("the first start", || supervisor.state("g1")?.pid).await;
+    (dir, supervisor, runs_file, first)
+}
+
+#[tokio::test]
+async fn a_sidecar_is_started_with_its_guest_restarted_when_it_dies_and_stopped_with_it() {
+    let (dir, supervisor, runs_file, first) = started().await;
     let line = eventually("the start record", || runs(&runs_file).first().cloned()).await;
     let root = dir.path().join("run");
     assert_eq!(
@@ -128,13 +134,7 @@ async fn a_sidecar_is_started_with_its_guest_restarted_when_it_dies_and_stopped_
 
 #[tokio::test]
 async fn a_changed_spec_restarts_the_sidecar_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (supervisor, runs_file) = stand_in(dir.path());
-    supervisor
-        .ensure(owner("t1"), "g1", &spec(None))
-        .await
-        .unwrap();
-    let first = eventually("the first start", || supervisor.state("g1")?.pid).await;
+    let (_dir, supervisor, runs_file, first) = started().await;
     supervisor
         .ensure(owner("t1"), "g1", &spec(Some("/var/lib/furnace/p.json")))
         .await
@@ -147,13 +147,7 @@ async fn a_changed_spec_restarts_the_sidecar_with_it() {
 
 #[tokio::test]
 async fn one_guest_name_serves_one_namespace() {
-    let dir = tempfile::tempdir().unwrap();
-    let (supervisor, _) = stand_in(dir.path());
-    supervisor
-        .ensure(owner("t1"), "g1", &spec(None))
-        .await
-        .unwrap();
-    let pid = eventually("the start", || supervisor.state("g1")?.pid).await;
+    let (_dir, supervisor, _, pid) = started().await;
     let refused = supervisor
         .ensure(owner("t2"), "g1", &spec(None))
         .await

@@ -28,6 +28,14 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
         observed_generation: generation,
         ..Default::default()
     };
+    let found = || {
+        condition(
+            GUEST_FOUND,
+            true,
+            "GuestFound",
+            &format!("FurnaceGuest {guest:?}"),
+        )
+    };
     let conditions = match observed {
         Observed::GuestMissing => {
             status.phase = Some(Phase::Pending);
@@ -58,12 +66,7 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
             );
             status.message = Some(message.clone());
             vec![
-                condition(
-                    GUEST_FOUND,
-                    true,
-                    "GuestFound",
-                    &format!("FurnaceGuest {guest:?}"),
-                ),
+                found(),
                 condition(SCHEDULED, false, "NameTaken", &message),
                 condition(READY, false, "NameTaken", &message),
             ]
@@ -72,12 +75,7 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
             status.phase = Some(Phase::Pending);
             status.message = Some("creating the app's pod".into());
             vec![
-                condition(
-                    GUEST_FOUND,
-                    true,
-                    "GuestFound",
-                    &format!("FurnaceGuest {guest:?}"),
-                ),
+                found(),
                 condition(SCHEDULED, false, "NoPod", "the pod is not created yet"),
                 condition(READY, false, "NoPod", "the pod is not created yet"),
             ]
@@ -116,16 +114,7 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
                     "the app's container is not running",
                 ),
             };
-            vec![
-                condition(
-                    GUEST_FOUND,
-                    true,
-                    "GuestFound",
-                    &format!("FurnaceGuest {guest:?}"),
-                ),
-                scheduled,
-                ready,
-            ]
+            vec![found(), scheduled, ready]
         }
     };
     let old = app
