@@ -35,6 +35,7 @@ images: build
 
 bench: build kernel images
 	FURNACE_BIN_DIR=$(BIN_DIR) $(CARGO) bench -p furnace-tests
+	$(CARGO) bench -p furnace-operator --features mock-api --bench create_to_pod
 
 # Every fuzz target for FUZZ_SECONDS each (`make test` runs it too); longer: FUZZ_SECONDS=600 make fuzz.
 fuzz: deps
@@ -51,6 +52,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	cd fuzz && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release -p furnace-operator --features mock-api --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

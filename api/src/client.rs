@@ -72,7 +72,7 @@ struct Connection {
 
 impl Connection {
     fn open(path: &Path, timeout: Duration) -> Result<Self> {
-        let stream = UnixStream::connect(path).map_err(|e| {
+        let stream = crate::unix_socket::connect(path).map_err(|e| {
             unavailable(
                 &format!("connecting to the sidecar at {}", path.display()),
                 e,

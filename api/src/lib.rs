@@ -33,6 +33,7 @@ pub mod error;
 pub mod events;
 pub mod facilities;
 pub mod table;
+pub mod unix_socket;
 pub mod wire;
 
 pub use admin::Admin;

@@ -98,7 +98,9 @@ pub enum Layout {
     Stock,
     /// [`Layout::Private`]'s directories, with containerd's CRI plugin on
     /// and configured as docs/containerd-furnace.toml says (`crate::cri`).
-    Cri,
+    /// `restrict_oom_score_adj` is CRI's option of that name (see
+    /// `crate::cri::containerd_config`).
+    Cri { restrict_oom_score_adj: bool },
 }
 
 /// containerd's default root and state (`Layout::Stock`).
@@ -120,7 +122,7 @@ impl TestContainerd {
         let dir = fresh_fixture_dir(Path::new(FIXTURE_ROOT), label)?;
         let address = dir.join("containerd.sock");
         let config = match layout {
-            Layout::Private | Layout::Cri => {
+            Layout::Private | Layout::Cri { .. } => {
                 for sub in ["root", "state"] {
                     let path = dir.join(sub);
                     std::fs::DirBuilder::new()
@@ -128,8 +130,11 @@ impl TestContainerd {
                         .create(&path)
                         .with_context(|| format!("creating {}", path.display()))?;
                 }
-                if layout == Layout::Cri {
-                    crate::cri::containerd_config(&dir, &address)?
+                if let Layout::Cri {
+                    restrict_oom_score_adj,
+                } = layout
+                {
+                    crate::cri::containerd_config(&dir, &address, restrict_oom_score_adj)?
                 } else {
                     private_config_toml(&dir, &address)
                 }

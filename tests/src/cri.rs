@@ -37,7 +37,19 @@ fn network() -> (String, String) {
 /// pause image, CNI config and provider config. The runtime tables are
 /// taken from the documented file as they are, so the tests run what a
 /// provider installs.
-pub fn containerd_config(dir: &Path, address: &Path) -> Result<String> {
+///
+/// `restrict_oom_score_adj`: CRI gives every sandbox `oomScoreAdj: -998`,
+/// and lowering a score takes CAP_SYS_RESOURCE, which root lacks on the
+/// build machines; runc then cannot start a sandbox at all. With the option
+/// on, containerd clamps scores to its own, as for a rootless containerd.
+/// The CRI tests leave it off, as providers do (the furnace partitions
+/// raise a negative score to 0 themselves); the start benchmark turns it on
+/// so that runc can be measured beside them.
+pub fn containerd_config(
+    dir: &Path,
+    address: &Path,
+    restrict_oom_score_adj: bool,
+) -> Result<String> {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/containerd-furnace.toml");
     let text =
         std::fs::read_to_string(&docs).with_context(|| format!("reading {}", docs.display()))?;
@@ -83,6 +95,9 @@ pub fn containerd_config(dir: &Path, address: &Path) -> Result<String> {
         .and_then(|c| c.as_table_mut())
         .context("docs/containerd-furnace.toml has no CRI plugin table")?;
     cri.insert("sandbox_image".into(), PAUSE_IMAGE.into());
+    if restrict_oom_score_adj {
+        cri.insert("restrict_oom_score_adj".into(), true.into());
+    }
     cri.insert(
         "cni".into(),
         toml::Value::Table(toml::Table::from_iter([
@@ -125,12 +140,23 @@ extern "C" fn remove_pods_and_bridge() {
 }
 
 impl CriNode {
+    /// The node the CRI tests use: CRI's options as providers set them.
     pub fn start(label: &str) -> Result<CriNode> {
+        Self::start_with(label, false)
+    }
+
+    /// With `restrict_oom_score_adj` (see [`containerd_config`]).
+    pub fn start_with(label: &str, restrict_oom_score_adj: bool) -> Result<CriNode> {
         require_furnace_shim();
         let crictl = crictl()?;
         let guest = TestGuest::start(label, &[])?;
         let sidecar = TestSidecar::start(&guest, &[])?;
-        let containerd = TestContainerd::start_with(label, Layout::Cri)?;
+        let containerd = TestContainerd::start_with(
+            label,
+            Layout::Cri {
+                restrict_oom_score_adj,
+            },
+        )?;
         // Pods and their veths go before containerd does (atexit runs last
         // registered first), the bridge after.
         *ADDRESS.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -15,7 +15,9 @@ const EXIT_LIMIT: Duration = Duration::from_secs(90);
 
 fn node() -> &'static CriNode {
     static NODE: OnceLock<CriNode> = OnceLock::new();
-    NODE.get_or_init(|| CriNode::start("cri").expect("the CRI node starts"))
+    // A long guest name: with CRI's 64-character container ids the app's
+    // socket path then passes what `sun_path` holds (furnace_api::unix_socket).
+    NODE.get_or_init(|| CriNode::start("cri-guest-name").expect("the CRI node starts"))
 }
 
 /// A pod config named `name` with these annotations (the guest's unless

@@ -8,6 +8,8 @@
 //! a leader-election Lease and a metrics endpoint.
 
 pub mod metrics;
+#[cfg(any(test, feature = "mock-api"))]
+pub mod mock_api;
 pub mod pod;
 pub mod reconcile;
 pub mod status;

@@ -7,21 +7,20 @@
 //! run the operator against a real apiserver.
 
 use crate::metrics::Metrics;
+use crate::mock_api::{Call, Handle};
 use crate::pod::{self, APP_KEY_PATH, REVISION, RUNTIME_CLASS};
 use crate::status::{self, Observed};
 use crate::{reconcile, Context, Error, FINALIZER};
 use furnace_crd::app::{Backend, Phase, RestartPolicy, SecretKeyRef};
 use furnace_crd::guest::Driver;
 use furnace_crd::{FurnaceApp, FurnaceAppSpec, FurnaceGuest, FurnaceGuestSpec};
-use http::{Method, Request, Response};
+use http::Method;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::Client;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,71 +29,22 @@ const NS: &str = "tenant";
 const NODE: &str = "node-a";
 const LIMIT: Duration = Duration::from_secs(5);
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// One request the pass made, held until the test answers it.
-struct Call {
-    query: String,
-    content_type: String,
-    body: Value,
-    respond: tower_test::mock::SendResponse<Response<Body>>,
-}
-
-impl Call {
-    fn reply(self, code: u16, body: &impl serde::Serialize) {
-        let response = Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap();
-        self.respond.send_response(response);
-    }
-
-    fn not_found(self) {
-        self.reply(
-            404,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-        );
-    }
-
-    /// Answers with the request's own body, as a create or patch would.
-    fn echo(self) {
-        let body = self.body.clone();
-        self.reply(200, &body);
-    }
-}
-
 struct ApiServer(Handle);
 
 impl ApiServer {
     async fn expect(&mut self, method: Method, path: &str) -> Call {
-        let (request, respond) = tokio::time::timeout(LIMIT, self.0.next_request())
+        let call = Call::next(&mut self.0, LIMIT)
             .await
-            .unwrap_or_else(|_| panic!("the pass never sent {method} {path}"))
-            .expect("the client went away");
-        let uri = request.uri().clone();
+            .unwrap_or_else(|| panic!("the pass never sent {method} {path}"));
         assert_eq!(
-            (request.method(), uri.path()),
+            (&call.method, call.path.as_str()),
             (&method, path),
-            "the pass sent {} {uri}",
-            request.method()
+            "the pass sent {} {}?{}",
+            call.method,
+            call.path,
+            call.query
         );
-        let content_type = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        Call {
-            query: uri.query().unwrap_or_default().to_string(),
-            content_type,
-            body,
-            respond,
-        }
+        call
     }
 
     /// An Event about the app, with this reason; answered as created.
@@ -228,8 +178,7 @@ async fn run<F>(app: FurnaceApp, script: impl FnOnce(ApiServer) -> F) -> Result<
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, handle) = crate::mock_api::client();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "furnace-operator".into()),
         client,

@@ -81,7 +81,7 @@ fn bind_private(path: &Path, uid: u32, gid: u32) -> io::Result<UnixListener> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = furnace_api::unix_socket::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     Ok(listener)
