@@ -112,16 +112,30 @@ impl Pass<'_> {
         let current = self.pods.get_opt(&name).await?;
         let pod = match current {
             None => {
-                let created = self
-                    .pods
-                    .create(
-                        &PostParams {
-                            field_manager: Some(MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &desired,
-                    )
-                    .await?;
+                let params = PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..Default::default()
+                };
+                let created = match self.pods.create(&params, &desired).await {
+                    Ok(created) => created,
+                    // Refused as it stands (a quota, an admission policy, a
+                    // forbidden field): retrying at once would not help, and
+                    // the tenant needs to read why.
+                    Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 409 => {
+                        let why = format!("the pod was refused: {}", e.message);
+                        self.event(
+                            app,
+                            EventType::Warning,
+                            "PodRefused",
+                            "CreatePod",
+                            why.clone(),
+                        )
+                        .await;
+                        self.write_status(app, Observed::PodRefused(&why)).await?;
+                        return Ok(Action::requeue(GUEST_RECHECK));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 self.ctx.metrics.pod_created();
                 let note = format!("pod {name} on node {}", guest.spec.node);
                 self.event(app, EventType::Normal, "PodCreated", "CreatePod", note)

@@ -433,6 +433,33 @@ async fn a_failed_pod_of_an_app_that_restarts_is_replaced() {
     .unwrap();
 }
 
+/// A pod the apiserver refuses (here a quota) is no error to retry at
+/// once: the app says why, in its status and an Event.
+#[tokio::test]
+async fn a_refused_pod_shows_why_in_the_status() {
+    let action = run(app(), |mut s| async move {
+        s.get_guest(Some(&guest())).await;
+        s.get_pod(None).await;
+        let quota = "pods \"scan\" is forbidden: exceeded quota: tenant-quota";
+        s.expect(Method::POST, &format!("/api/v1/namespaces/{NS}/pods"))
+            .await
+            .reply(
+                403,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": quota}),
+            );
+        let event = s.expect_event("PodRefused").await;
+        assert_eq!(event["type"], "Warning");
+        let status = s.expect_status().await;
+        assert_eq!(status["phase"], "Pending");
+        assert_eq!(status["message"], format!("the pod was refused: {quota}"));
+        assert_eq!(status["conditions"][1]["reason"], "PodRefused");
+        s.expect_event("Pending").await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+}
+
 #[tokio::test]
 async fn a_pod_of_the_same_name_owned_by_another_is_not_touched() {
     let mut stranger = pod_of(&app(), "Running", true);

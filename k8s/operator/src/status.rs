@@ -15,6 +15,8 @@ pub enum Observed<'a> {
     Guest { pod: Option<&'a Pod> },
     /// A pod of the app's name exists and belongs to something else.
     NameTaken(&'a str),
+    /// The apiserver refused to create the pod, for this reason.
+    PodRefused(&'a str),
 }
 
 /// The status `app` should show. Conditions whose status did not change keep
@@ -69,6 +71,15 @@ pub fn compute(app: &FurnaceApp, observed: Observed<'_>, now: &Time) -> FurnaceA
                 found(),
                 condition(SCHEDULED, false, "NameTaken", &message),
                 condition(READY, false, "NameTaken", &message),
+            ]
+        }
+        Observed::PodRefused(why) => {
+            status.phase = Some(Phase::Pending);
+            status.message = Some(why.to_string());
+            vec![
+                found(),
+                condition(SCHEDULED, false, "PodRefused", why),
+                condition(READY, false, "PodRefused", why),
             ]
         }
         Observed::Guest { pod: None } => {
