@@ -279,6 +279,10 @@ pub struct FacilitiesConfig {
     /// gives an app a copy of a root-owned key from under here, and of no
     /// other file.
     pub key_root: PathBuf,
+    /// kubelet's root directory. On Kubernetes an app's key is a Secret
+    /// kubelet mounts at `/run/furnace/app.key` (docs/kubernetes.md); the
+    /// shim takes that mount's file as the app's key only from under here.
+    pub kubelet_root: PathBuf,
     /// The relay partition's cgroup limits.
     pub relay: RelayLimits,
     /// Addresses the shim never dials for an app's backend, whatever
@@ -327,6 +331,7 @@ impl Default for FacilitiesConfig {
             max_bytes_in_flight: ByteSize::mib(64),
             storage_root: PathBuf::from("/var/lib/furnace/storage"),
             key_root: PathBuf::from("/etc/furnace/keys"),
+            kubelet_root: PathBuf::from("/var/lib/kubelet"),
             relay: RelayLimits::default(),
             refused_backend_networks: [
                 "0.0.0.0/8",

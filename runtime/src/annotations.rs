@@ -105,6 +105,7 @@ pub fn parse(
         annotations.get(BACKEND).map(String::as_str),
         annotations.get(BACKEND_KEY).map(String::as_str),
         annotations.get(APP_KEY).map(String::as_str),
+        role == Role::App,
     )?;
     let limits = parse_limits(annotations.get(LIMITS).map(String::as_str), config)?;
     Ok(AppRequest {

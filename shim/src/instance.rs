@@ -116,10 +116,13 @@ impl Instance {
             ));
         }
         let spec_path = p.bundle.join("config.json");
-        let spec = Spec::load(&spec_path)
+        let mut spec = Spec::load(&spec_path)
             .map_err(|e| CreateError::Invalid(format!("reading {}: {e}", spec_path.display())))?;
-        let annotations: HashMap<String, String> = spec.annotations().clone().unwrap_or_default();
+        let mut annotations: HashMap<String, String> =
+            spec.annotations().clone().unwrap_or_default();
         let role = Role::from_annotations(&annotations);
+        let app_key_from_kubelet =
+            role == Role::App && crate::relay::take_mounted_key(&mut spec, &mut annotations)?;
         let request = furnace_runtime::annotations::parse(&annotations, p.config, role)
             .map_err(|e| CreateError::Invalid(e.to_string()))?;
         let relay_record = (role == Role::App)
@@ -224,6 +227,7 @@ impl Instance {
                         storage_quota: hardened.limits.storage,
                         app_ids,
                         ids: relay_ids,
+                        app_key_from_kubelet,
                         config: p.config,
                     },
                 )?;

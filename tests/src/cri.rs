@@ -84,10 +84,15 @@ pub fn containerd_config(
         cni_dir.join("10-furnace-test.conflist"),
         conflist.to_string(),
     )?;
-    // Every key has a default; the file must exist because the runtime
-    // option names it.
+    // Every other key keeps its default. App key Secrets are taken from
+    // under kubelet's root: here the fixture's stand-in for it, which the
+    // tests fill as kubelet fills its own (`CriNode::kubelet_secret`).
     let provider = dir.join("furnace.toml");
-    std::fs::write(&provider, "")?;
+    let kubelet = dir.join("kubelet");
+    std::fs::write(
+        &provider,
+        format!("[facilities]\nkubelet_root = \"{}\"\n", kubelet.display()),
+    )?;
 
     let cri = config
         .get_mut("plugins")
@@ -197,6 +202,25 @@ impl CriNode {
             .output()?;
         crate::host::stdout_if_success(&format!("ctr images tag {full}"), &out)?;
         Ok(())
+    }
+
+    /// Places `file` where kubelet binds a Secret's key for a container
+    /// (`pods/<pod uid>/volume-subpaths/<volume>/<container>/0`, root's and
+    /// 0400 as the operator's volume asks), and returns that path: what a
+    /// `subPath` mount's source is in the container's spec.
+    pub fn kubelet_secret(&self, pod_uid: &str, file: &Path) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self
+            .containerd
+            .dir
+            .join("kubelet/pods")
+            .join(pod_uid)
+            .join("volume-subpaths/furnace-app-key/app");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("0");
+        std::fs::copy(file, &path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))?;
+        Ok(path)
     }
 
     pub fn crictl(&self, args: &[&str]) -> Output {

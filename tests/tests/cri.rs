@@ -344,3 +344,97 @@ fn an_oom_kill_reaches_cri() {
     assert_eq!(status["reason"], "OOMKilled", "{status}");
     n.remove_pod(&pod_id).unwrap();
 }
+
+/// On Kubernetes the app's key is a Secret kubelet mounts at the
+/// partition's key path: the app seals to its tenant's real backend (in a
+/// network namespace of its own) with that key, and the backend, which
+/// allows that key alone, receives what the app sent.
+#[test]
+fn an_app_key_mounted_by_kubelet_reaches_the_tenants_backend() {
+    use furnace_tests::tenant::{keygen, public_key, TenantNet, TestBackend};
+    let n = node();
+    let net = TenantNet::create("cri-key").expect("the tenant network is set up");
+    let keys = tempfile::tempdir().unwrap();
+    keygen(keys.path(), &["be", "scan"]).unwrap();
+    let mut backend = TestBackend::start(&net, 7100, keys.path(), "be", &["scan"]).unwrap();
+    let secret = n
+        .kubelet_secret("uid-key", &keys.path().join("scan.key"))
+        .unwrap();
+
+    let address = format!("{}:7100", net.tenant_ip);
+    let backend_key = public_key(keys.path(), "be");
+    let extra = [
+        ("furnace.dev/backend", address.as_str()),
+        ("furnace.dev/backend-key", backend_key.as_str()),
+    ];
+    let (pod_file, _) = pod("key", Some(guest()), &extra);
+    let pod_id = n.run_pod(&pod_file).unwrap();
+    let app = json!({
+        "metadata": {"name": "app"},
+        "image": {"image": "docker.io/furnace/probe:dev"},
+        "command": ["/furnace-probe", "fac", "notify:sealed-by-a-secret", "flush:10000"],
+        "mounts": [{"container_path": "/run/furnace/app.key", "host_path": secret, "readonly": true}],
+        "log_path": "app.log",
+        "linux": {},
+    });
+    let id = n
+        .start_container(&pod_id, &n.config_file("ctr-key.json", &app), &pod_file)
+        .unwrap();
+    let status = n.wait_exited(&id, EXIT_LIMIT).unwrap();
+    let logs = n.crictl_ok(&["logs", &id]).unwrap();
+    assert_eq!(status["exitCode"], 0, "{logs}");
+    let got = backend
+        .wait_message(
+            Duration::from_secs(30),
+            furnace_tests::tenants::from("scan", "notify", "sealed-by-a-secret"),
+        )
+        .unwrap_or_else(|e| panic!("the backend got nothing: {e}; the app said {logs}"));
+    assert_eq!(got["app"], "scan");
+    n.remove_pod(&pod_id).unwrap();
+}
+
+/// A file mounted at the key path from anywhere but kubelet's root is no
+/// key: the app is refused, and nothing is copied or registered.
+#[test]
+fn a_key_mounted_from_outside_kubelets_root_is_refused() {
+    use furnace_tests::tenant::{keygen, public_key};
+    let n = node();
+    let keys = tempfile::tempdir().unwrap();
+    keygen(keys.path(), &["be"]).unwrap();
+    let backend_key = public_key(keys.path(), "be");
+    let extra = [
+        ("furnace.dev/backend", "10.216.250.1:7100"),
+        ("furnace.dev/backend-key", backend_key.as_str()),
+    ];
+    let (pod_file, _) = pod("stray-key", Some(guest()), &extra);
+    let pod_id = n.run_pod(&pod_file).unwrap();
+    let app = json!({
+        "metadata": {"name": "app"},
+        "image": {"image": "docker.io/furnace/probe:dev"},
+        "command": ["/furnace-probe", "fac", "keys"],
+        "mounts": [{"container_path": "/run/furnace/app.key", "host_path": "/etc/shadow", "readonly": true}],
+        "log_path": "app.log",
+        "linux": {},
+    });
+    let file = n.config_file("ctr-stray-key.json", &app);
+    let created = n
+        .crictl_ok(&[
+            "create",
+            &pod_id,
+            file.to_str().unwrap(),
+            pod_file.to_str().unwrap(),
+        ])
+        .unwrap();
+    let out = n.crictl(&["start", &created]);
+    assert!(
+        !out.status.success(),
+        "an app with /etc/shadow for a key started"
+    );
+    let error = errors_of(&out);
+    assert!(
+        error.contains("/etc/shadow") && error.contains("kubelet's root"),
+        "{error}"
+    );
+    assert!(registration(&created).is_none());
+    n.remove_pod(&pod_id).unwrap();
+}

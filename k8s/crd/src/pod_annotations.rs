@@ -2,8 +2,9 @@
 //! CRI plugin hands the shim (`pod_annotations = ["furnace.dev/*"]`).
 //!
 //! The app's private key is not among them. `furnace.dev/app-key` names a
-//! host path, and on Kubernetes the key is a Secret that kubelet mounts; the
-//! pod mounts it where the runtime looks for it (docs/kubernetes.md).
+//! host path, and on Kubernetes the key is a Secret that kubelet mounts at
+//! the partition's key path, which the shim takes as the key
+//! (docs/kubernetes.md).
 
 use crate::app::{AppLimits, FurnaceAppSpec};
 use std::collections::BTreeMap;

@@ -18,10 +18,15 @@ pub struct Backend {
     pub app_key: PathBuf,
 }
 
+/// `for_app` is false for a CRI sandbox, which carries the pod's
+/// annotations but runs no relay: its backend annotations are checked, and
+/// no key is asked of it (on Kubernetes the key is a Secret only the app's
+/// container mounts).
 pub(super) fn parse_backend(
     address: Option<&str>,
     key: Option<&str>,
     app_key: Option<&str>,
+    for_app: bool,
 ) -> Result<Option<Backend>, PolicyError> {
     let (address, key) = match (address, key) {
         (None, None) if app_key.is_some() => {
@@ -81,6 +86,9 @@ pub(super) fn parse_backend(
             "paste the one line of the backend's NAME.pub that `furnace keygen` wrote",
         )
     })?;
+    if !for_app && app_key.is_none() {
+        return Ok(None);
+    }
     let app_key = parse_app_key(app_key)?;
     Ok(Some(Backend {
         address: address.to_string(),
@@ -130,14 +138,14 @@ mod tests {
             .to_string();
         let k = Some(key.as_str());
         let app = Some("/etc/furnace/keys/app.key");
-        let b = parse_backend(Some("backend.example.org:7443"), k, app)
+        let b = parse_backend(Some("backend.example.org:7443"), k, app, true)
             .unwrap()
             .unwrap();
         assert_eq!(b.address, "backend.example.org:7443");
         assert_eq!(b.key.to_string(), key);
         assert_eq!(b.app_key, std::path::Path::new("/etc/furnace/keys/app.key"));
         for good in ["[2001:db8::1]:7443", "10.0.0.1:1"] {
-            parse_backend(Some(good), k, app).unwrap().unwrap();
+            parse_backend(Some(good), k, app, true).unwrap().unwrap();
         }
         for bad in [
             "host",
@@ -148,27 +156,40 @@ mod tests {
             "[::1:80",
             "a/b:80",
         ] {
-            let e = err_of(parse_backend(Some(bad), k, app));
+            let e = err_of(parse_backend(Some(bad), k, app, true));
             assert!(e.contains(BACKEND), "{bad:?}: {e}");
         }
-        let e = err_of(parse_backend(Some("h:1"), None, app));
+        let e = err_of(parse_backend(Some("h:1"), None, app, true));
         assert!(e.contains(BACKEND_KEY), "{e}");
-        let e = err_of(parse_backend(None, k, app));
+        let e = err_of(parse_backend(None, k, app, true));
         assert!(e.contains(BACKEND), "{e}");
         for bad_key in ["a b", "k3y", "AAAA"] {
-            let e = err_of(parse_backend(Some("h:1"), Some(bad_key), app));
+            let e = err_of(parse_backend(Some("h:1"), Some(bad_key), app, true));
             assert!(
                 e.contains(BACKEND_KEY) && e.contains("furnace keygen"),
                 "{e}"
             );
         }
-        let e = err_of(parse_backend(Some("h:1"), k, None));
+        let e = err_of(parse_backend(Some("h:1"), k, None, true));
         assert!(e.contains(APP_KEY), "{e}");
         for bad_path in ["app.key", "/etc/../root/app.key", "/etc/./x", ""] {
-            let e = err_of(parse_backend(Some("h:1"), k, Some(bad_path)));
+            let e = err_of(parse_backend(Some("h:1"), k, Some(bad_path), true));
             assert!(e.contains(APP_KEY), "{bad_path:?}: {e}");
         }
-        let e = err_of(parse_backend(None, None, app));
+        let e = err_of(parse_backend(None, None, app, true));
+        assert!(e.contains(APP_KEY), "{e}");
+    }
+
+    #[test]
+    fn a_sandbox_checks_the_backend_but_needs_no_key() {
+        let key = furnace_api::facilities::Keypair::generate()
+            .public
+            .to_string();
+        let k = Some(key.as_str());
+        assert_eq!(parse_backend(Some("h:1"), k, None, false).unwrap(), None);
+        let e = err_of(parse_backend(Some("h"), k, None, false));
+        assert!(e.contains(BACKEND), "{e}");
+        let e = err_of(parse_backend(Some("h:1"), k, None, true));
         assert!(e.contains(APP_KEY), "{e}");
     }
 }

@@ -9,6 +9,7 @@
 //! annotated address, over the broker (`furnace_fac_broker`).
 
 mod app_key;
+pub use app_key::take_mounted_key;
 mod dialer;
 mod files;
 mod watch;
@@ -48,6 +49,8 @@ pub struct RelayParams<'a> {
     pub app_ids: (u32, u32),
     /// The host id range claimed for the relay's own partition.
     pub ids: IdRange,
+    /// The app's key is a Secret kubelet mounted, not `furnace.dev/app-key`.
+    pub app_key_from_kubelet: bool,
     pub config: &'a ProviderConfig,
 }
 
@@ -131,7 +134,10 @@ impl FacRelay {
         files::own(&dirs.backend_key(), 0, 0, 0o644)?;
         app_key::copy_for_app(
             &p.backend.app_key,
-            &p.config.facilities.key_root,
+            match p.app_key_from_kubelet {
+                true => app_key::KeyRoot::Kubelet(&p.config.facilities.kubelet_root),
+                false => app_key::KeyRoot::Provider(&p.config.facilities.key_root),
+            },
             &dirs.app_key(),
             p.app_ids,
         )?;
