@@ -314,6 +314,10 @@ mod tests {
             ),
             ("[facilities]\nkey_root = \"/\"\n", "facilities.key_root"),
             (
+                "[facilities]\nkubelet_root = \"kubelet\"\n",
+                "facilities.kubelet_root",
+            ),
+            (
                 "[facilities]\nstorage_root = \"storage\"\n",
                 "facilities.storage_root",
             ),

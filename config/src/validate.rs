@@ -245,6 +245,11 @@ impl FacilitiesConfig {
             "/var/lib/furnace/storage",
         )?;
         plain_absolute("facilities.key_root", &self.key_root, "/etc/furnace/keys")?;
+        plain_absolute(
+            "facilities.kubelet_root",
+            &self.kubelet_root,
+            "/var/lib/kubelet",
+        )?;
         check_limits(
             "facilities.relay",
             &self.relay.with_storage(crate::ByteSize(0)),
