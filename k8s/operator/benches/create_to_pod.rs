@@ -9,12 +9,10 @@
 //! Target (issue 16): p50 ≤ 50 ms.
 //! `cargo bench -p furnace-operator --features mock-api --bench create_to_pod`
 
-use furnace_crd::app::RestartPolicy;
-use furnace_crd::guest::Driver;
-use furnace_crd::{FurnaceApp, FurnaceAppSpec, FurnaceGuest, FurnaceGuestSpec};
+use furnace_crd::{FurnaceApp, FurnaceGuest};
 use furnace_operator::metrics::Metrics;
 use furnace_operator::mock_api::{self, Call};
-use furnace_operator::{reconcile, Context, FINALIZER};
+use furnace_operator::{reconcile, Context};
 use http::Method;
 use kube::runtime::events::Recorder;
 use std::sync::Arc;
@@ -25,38 +23,11 @@ const WARMUP: usize = 200;
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn app(n: usize) -> FurnaceApp {
-    let mut app = FurnaceApp::new(
-        &format!("app-{n}"),
-        FurnaceAppSpec {
-            guest: "guest-1".into(),
-            image: "furnace/ps:dev".into(),
-            args: vec!["--json".into()],
-            permissions: vec![],
-            limits: None,
-            backend: None,
-            app_key_secret_ref: None,
-            restart_policy: RestartPolicy::Never,
-        },
-    );
-    app.metadata.namespace = Some("tenant".into());
-    app.metadata.uid = Some(format!("uid-{n}"));
-    app.metadata.generation = Some(1);
-    app.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    app
+    mock_api::app("tenant", &format!("app-{n}"))
 }
 
 fn guest() -> FurnaceGuest {
-    let mut g = FurnaceGuest::new(
-        "guest-1",
-        FurnaceGuestSpec {
-            node: "node-a".into(),
-            driver: Driver::Qemu,
-            guest_dir: "/run/furnace/guests/guest-1".into(),
-            profile: None,
-        },
-    );
-    g.metadata.namespace = Some("tenant".into());
-    g
+    mock_api::guest("tenant", "node-a")
 }
 
 /// Answers one pass's requests; returns when the pod create arrived.

@@ -3,6 +3,9 @@
 //! out sends each request to the test, which reads it as a [`Call`] and
 //! answers it. The real apiserver is the cluster tests'.
 
+use furnace_crd::app::RestartPolicy;
+use furnace_crd::guest::Driver;
+use furnace_crd::{FurnaceApp, FurnaceAppSpec, FurnaceGuest, FurnaceGuestSpec};
 use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::Client;
@@ -74,4 +77,42 @@ impl Call {
         let body = self.body.clone();
         self.reply(200, &body);
     }
+}
+
+/// A FurnaceApp `name` in `namespace` as the apiserver would hand it over
+/// once it holds the operator's finalizer: the ps image on `guest-1`.
+pub fn app(namespace: &str, name: &str) -> FurnaceApp {
+    let mut app = FurnaceApp::new(
+        name,
+        FurnaceAppSpec {
+            guest: "guest-1".into(),
+            image: "furnace/ps:dev".into(),
+            args: vec!["--json".into()],
+            permissions: vec![],
+            limits: None,
+            backend: None,
+            app_key_secret_ref: None,
+            restart_policy: RestartPolicy::Never,
+        },
+    );
+    app.metadata.namespace = Some(namespace.into());
+    app.metadata.uid = Some(format!("uid-{name}"));
+    app.metadata.generation = Some(1);
+    app.metadata.finalizers = Some(vec![crate::FINALIZER.into()]);
+    app
+}
+
+/// FurnaceGuest `guest-1` in `namespace`, on `node`.
+pub fn guest(namespace: &str, node: &str) -> FurnaceGuest {
+    let mut g = FurnaceGuest::new(
+        "guest-1",
+        FurnaceGuestSpec {
+            node: node.into(),
+            driver: Driver::Qemu,
+            guest_dir: "/run/furnace/guests/guest-1".into(),
+            profile: None,
+        },
+    );
+    g.metadata.namespace = Some(namespace.into());
+    g
 }

@@ -12,8 +12,7 @@ use crate::pod::{self, APP_KEY_PATH, REVISION, RUNTIME_CLASS};
 use crate::status::{self, Observed};
 use crate::{reconcile, Context, Error, FINALIZER};
 use furnace_crd::app::{Backend, Phase, RestartPolicy, SecretKeyRef};
-use furnace_crd::guest::Driver;
-use furnace_crd::{FurnaceApp, FurnaceAppSpec, FurnaceGuest, FurnaceGuestSpec};
+use furnace_crd::{FurnaceApp, FurnaceGuest};
 use http::Method;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodCondition, PodStatus,
@@ -113,38 +112,11 @@ fn pod_path() -> String {
 }
 
 fn app() -> FurnaceApp {
-    let mut app = FurnaceApp::new(
-        "scan",
-        FurnaceAppSpec {
-            guest: "guest-1".into(),
-            image: "furnace/ps:dev".into(),
-            args: vec!["--json".into()],
-            permissions: vec![],
-            limits: None,
-            backend: None,
-            app_key_secret_ref: None,
-            restart_policy: RestartPolicy::Never,
-        },
-    );
-    app.metadata.namespace = Some(NS.into());
-    app.metadata.uid = Some("uid-scan".into());
-    app.metadata.generation = Some(1);
-    app.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    app
+    crate::mock_api::app(NS, "scan")
 }
 
 fn guest() -> FurnaceGuest {
-    let mut g = FurnaceGuest::new(
-        "guest-1",
-        FurnaceGuestSpec {
-            node: NODE.into(),
-            driver: Driver::Qemu,
-            guest_dir: "/run/furnace/guests/guest-1".into(),
-            profile: None,
-        },
-    );
-    g.metadata.namespace = Some(NS.into());
-    g
+    crate::mock_api::guest(NS, NODE)
 }
 
 /// The pod a previous pass created, as the apiserver shows it once bound
