@@ -153,7 +153,7 @@ impl CriNode {
     /// With `restrict_oom_score_adj` (see [`containerd_config`]).
     pub fn start_with(label: &str, restrict_oom_score_adj: bool) -> Result<CriNode> {
         require_furnace_shim();
-        let crictl = crictl()?;
+        let crictl = crate::go_tools::path("crictl")?;
         let guest = TestGuest::start(label, &[])?;
         let sidecar = TestSidecar::start(&guest, &[])?;
         let containerd = TestContainerd::start_with(
@@ -316,25 +316,4 @@ fn crictl_command(crictl: &Path, address: &Path, args: &[&str]) -> Command {
         .args(args)
         .stdin(Stdio::null());
     command
-}
-
-/// `FURNACE_CRICTL`, or the one scripts/go-tools.sh builds (and caches).
-fn crictl() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("FURNACE_CRICTL") {
-        return Ok(path.into());
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/go-tools.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("crictl")
-        .stderr(Stdio::inherit())
-        .output()?;
-    let path =
-        PathBuf::from(crate::host::stdout_if_success("scripts/go-tools.sh crictl", &out)?.trim());
-    anyhow::ensure!(
-        path.is_file(),
-        "go-tools.sh printed {}, which is no file",
-        path.display()
-    );
-    Ok(path)
 }
