@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the ecosystem peers the tests drive from their Go modules, at the
 # versions tools/go.mod pins, and prints a binary's path. Built once per
-# module version under /var/cache/furnace/go/<module>-<version>/; a second
-# run only prints the path. The binaries of one module are built together,
+# module version and recipe under /var/cache/furnace/go/; a second run only
+# prints the path. The binaries of one module are built together,
 # so they share one compile of their common packages.
 #   scripts/go-tools.sh TOOL    build TOOL's module if needed, print TOOL's path
 #   scripts/go-tools.sh all     build every module (what `make test` does first)
 set -euo pipefail
 shopt -s inherit_errexit
-tools=$(cd "$(dirname "$0")/../tools" && pwd)
+self=$(realpath "$0")
+tools=$(dirname "$self")/../tools
 export PATH=/usr/local/go/bin:$PATH GOFLAGS=-mod=mod CGO_ENABLED=0
 
 kubernetes=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
@@ -33,21 +34,35 @@ module_of() {
 # and prints that directory.
 build() {
   local dir=$1 module=$2 name=$3; shift 3
-  local version out
+  local version recipe out
   cd "$dir"
   version=$(go list -m -f '{{.Version}}' "$module")
-  out=/var/cache/furnace/go/$name-$version
+  # Keyed by the version and by how it is built: this script and the go.mod
+  # and go.sum it builds from.
+  recipe=$(cat "$self" go.mod go.sum | sha256sum | cut -c1-12)
+  out=/var/cache/furnace/go/$name-$version-$recipe
+  local flags=(-trimpath)
+  if [ "$module" = k8s.io/kubernetes ]; then
+    # What Kubernetes' own build stamps (hack/lib/version.sh), so /version,
+    # kubectl's skew check and the node's kubeletVersion give the release.
+    local minor=${version#v1.} ldflags="" package
+    minor=${minor%%.*}
+    for package in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      ldflags+=" -X $package.gitVersion=$version -X $package.gitMajor=1 -X $package.gitMinor=$minor -X $package.gitTreeState=clean"
+    done
+    flags+=(-ldflags "$ldflags")
+  fi
   if [ ! -f "$out/.complete" ]; then
     echo "go-tools.sh: building $name $version from its Go module into $out" >&2
     rm -rf "$out.tmp" && mkdir -p "$out.tmp"
     if [ $# = 1 ]; then
-      go build -trimpath -o "$out.tmp/${1%%=*}" "${1#*=}" >&2
+      go build "${flags[@]}" -o "$out.tmp/${1%%=*}" "${1#*=}" >&2
     else
       # One build for all: each binary is named after its package's last
       # element, which these are.
       local pair packages=()
       for pair in "$@"; do packages+=("${pair#*=}"); done
-      go build -trimpath -o "$out.tmp/" "${packages[@]}" >&2
+      go build "${flags[@]}" -o "$out.tmp/" "${packages[@]}" >&2
     fi
     touch "$out.tmp/.complete"
     rm -rf "$out" && mv "$out.tmp" "$out"

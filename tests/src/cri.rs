@@ -284,9 +284,23 @@ impl CriNode {
         }
     }
 
-    /// StopPodSandbox and RemovePodSandbox.
+    /// StopPodSandbox and RemovePodSandbox. StopPodSandbox is retried, as
+    /// kubelet retries it on every pod sync, only when containerd 1.6 could not
+    /// unlink the pod's netns yet (EBUSY while an unmount is still reaching a
+    /// peer mount namespace: containerd#3667, cri-o#4210); any other error fails.
     pub fn remove_pod(&self, pod_id: &str) -> Result<()> {
-        self.crictl_ok(&["stopp", pod_id])?;
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self.crictl_ok(&["stopp", pod_id]) {
+                Ok(_) => break,
+                Err(e)
+                    if attempt < ATTEMPTS && e.to_string().contains("failed to remove netns") =>
+                {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.crictl_ok(&["rmp", pod_id])?;
         Ok(())
     }

@@ -102,6 +102,7 @@ impl ControlPlane {
         let pki = &plane.pki;
         let kubelet_client = pki.client(KUBELET_CLIENT, &[])?;
         let sa_key = pki.service_account_key.display().to_string();
+        let sa_public_key = pki.service_account_public_key.display().to_string();
         let ca = pki.ca.display().to_string();
         let mut apiserver = Command::new(go_tools::path("kube-apiserver")?);
         apiserver.args([
@@ -118,7 +119,7 @@ impl ControlPlane {
             &format!("--kubelet-client-key={}", kubelet_client.key.display()),
             &format!("--kubelet-certificate-authority={ca}"),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!("--service-account-key-file={sa_key}"),
+            &format!("--service-account-key-file={sa_public_key}"),
             &format!("--service-account-signing-key-file={sa_key}"),
             &format!("--service-cluster-ip-range={SERVICE_RANGE}"),
             "--authorization-mode=Node,RBAC",

@@ -22,10 +22,12 @@ pub struct ClusterPki {
     issuer: Issuer<'static, KeyPair>,
     pub ca: PathBuf,
     pub apiserver: CertFiles,
-    /// Signs and verifies service-account tokens (kube-apiserver's
+    /// Signs service-account tokens (kube-apiserver's
     /// `--service-account-signing-key-file`, kube-controller-manager's
     /// `--service-account-private-key-file`).
     pub service_account_key: PathBuf,
+    /// Verifies them (kube-apiserver's `--service-account-key-file`).
+    pub service_account_public_key: PathBuf,
 }
 
 impl ClusterPki {
@@ -47,38 +49,40 @@ impl ClusterPki {
         write(&ca, &cert.pem(), 0o644)?;
         write(&dir.join("ca.key"), &key.serialize_pem(), 0o600)?;
 
+        let signer = KeyPair::generate()?;
         let service_account_key = dir.join("sa.key");
-        write(
-            &service_account_key,
-            &KeyPair::generate()?.serialize_pem(),
-            0o600,
-        )?;
+        write(&service_account_key, &signer.serialize_pem(), 0o600)?;
+        let service_account_public_key = dir.join("sa.pub");
+        write(&service_account_public_key, &signer.public_key_pem(), 0o644)?;
 
-        let mut pki = ClusterPki {
-            dir: dir.to_owned(),
-            issuer: Issuer::new(params, key),
-            ca,
-            apiserver: CertFiles {
-                cert: PathBuf::new(),
-                key: PathBuf::new(),
-            },
-            service_account_key,
-        };
-        pki.apiserver = pki.serving(
+        let issuer = Issuer::new(params, key);
+        let apiserver = issue(
+            dir,
+            &issuer,
             "kube-apiserver",
-            &[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            &[
-                std::net::Ipv4Addr::LOCALHOST.into(),
-                super::control_plane::SERVICE_IP.parse()?,
-            ],
+            serving_params(
+                "kube-apiserver",
+                &[
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ],
+                &[
+                    std::net::Ipv4Addr::LOCALHOST.into(),
+                    super::control_plane::SERVICE_IP.parse()?,
+                ],
+            )?,
         )?;
-        Ok(pki)
+        Ok(ClusterPki {
+            dir: dir.to_owned(),
+            issuer,
+            ca,
+            apiserver,
+            service_account_key,
+            service_account_public_key,
+        })
     }
 
     /// A client certificate: Kubernetes takes the user from the common
@@ -97,34 +101,52 @@ impl ClusterPki {
         dns: &[&str],
         addresses: &[std::net::IpAddr],
     ) -> Result<CertFiles> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(stem, &[]);
-        params.subject_alt_names = dns
-            .iter()
-            .map(|d| Ok(SanType::DnsName((*d).try_into()?)))
-            .chain(addresses.iter().map(|a| Ok(SanType::IpAddress(*a))))
-            .collect::<Result<_>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.issue(stem, params)
+        self.issue(stem, serving_params(stem, dns, addresses)?)
     }
 
-    fn issue(&self, stem: &str, mut params: CertificateParams) -> Result<CertFiles> {
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .with_context(|| format!("signing {stem}'s certificate"))?;
-        let files = CertFiles {
-            cert: self.dir.join(format!("{stem}.crt")),
-            key: self.dir.join(format!("{stem}.key")),
-        };
-        write(&files.cert, &cert.pem(), 0o644)?;
-        write(&files.key, &key.serialize_pem(), 0o600)?;
-        Ok(files)
+    fn issue(&self, stem: &str, params: CertificateParams) -> Result<CertFiles> {
+        issue(&self.dir, &self.issuer, stem, params)
     }
+}
+
+fn serving_params(
+    stem: &str,
+    dns: &[&str],
+    addresses: &[std::net::IpAddr],
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(stem, &[]);
+    params.subject_alt_names = dns
+        .iter()
+        .map(|d| Ok(SanType::DnsName((*d).try_into()?)))
+        .chain(addresses.iter().map(|a| Ok(SanType::IpAddress(*a))))
+        .collect::<Result<_>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
+/// Signs `params` with the CA and writes `<stem>.crt` and `<stem>.key` in `dir`.
+fn issue(
+    dir: &Path,
+    issuer: &Issuer<'static, KeyPair>,
+    stem: &str,
+    mut params: CertificateParams,
+) -> Result<CertFiles> {
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .with_context(|| format!("signing {stem}'s certificate"))?;
+    let files = CertFiles {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+    };
+    write(&files.cert, &cert.pem(), 0o644)?;
+    write(&files.key, &key.serialize_pem(), 0o600)?;
+    Ok(files)
 }
 
 fn name(common: &str, organizations: &[&str]) -> DistinguishedName {
