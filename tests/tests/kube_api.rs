@@ -4,59 +4,16 @@
 //! itself refuses invalid objects with the messages of their schema and CEL
 //! rules. Ground truth is what the apiserver answers, not our own parser.
 
-use furnace_tests::kube::ControlPlane;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
-
-/// `kubectl apply` of a manifest given as text; the output either way.
-fn apply(plane: &ControlPlane, manifest: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = plane
-        .kubectl_command(&["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use furnace_tests::kube::{app_manifest, install_furnace, repo, ControlPlane};
 
 fn app(name: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: furnace.dev/v1alpha1\nkind: FurnaceApp\nmetadata:\n  name: {name}\n  namespace: tenant-a\nspec:\n  guest: guest-1\n  image: furnace/ps:dev\n{extra}"
-    )
+    app_manifest("tenant-a", name, "guest-1", extra)
 }
 
 #[test]
 fn the_crds_and_manifests_apply_and_the_apiserver_enforces_their_rules() {
     let plane = ControlPlane::start("kube-api").expect("the control plane starts");
-    let crds = repo("crds");
-    let manifests = repo("k8s/manifests");
-    plane
-        .kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
-        .expect("the CRDs apply");
-    plane
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/furnaceapps.furnace.dev",
-            "crd/furnaceguests.furnace.dev",
-        ])
-        .expect("the CRDs are established");
-    plane
-        .kubectl_ok(&["apply", "-f", manifests.to_str().unwrap()])
-        .expect("the manifests apply");
+    install_furnace(&plane).expect("the CRDs and manifests apply");
     plane
         .kubectl_ok(&["create", "namespace", "tenant-a"])
         .unwrap();
@@ -79,7 +36,7 @@ fn the_crds_and_manifests_apply_and_the_apiserver_enforces_their_rules() {
     );
 
     let refused = |manifest: &str, message: &str| {
-        let out = apply(&plane, manifest);
+        let out = plane.apply(manifest).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted:\n{manifest}");
         assert!(

@@ -30,12 +30,38 @@ const KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 /// Bounds each kubectl call.
 const KUBECTL_TIMEOUT: &str = "60s";
 
-/// One component the fixture started.
+/// A process a Kubernetes fixture started, with its output in `log`.
 #[derive(Clone, Debug)]
-struct Component {
-    name: &'static str,
-    pid: i32,
-    log: PathBuf,
+pub struct Component {
+    pub name: String,
+    pub pid: i32,
+    pub log: PathBuf,
+}
+
+impl Component {
+    /// Starts `command` with stdout and stderr appended to `dir/<name>.log`.
+    pub fn spawn(dir: &Path, name: &str, command: &mut Command) -> Result<Component> {
+        let log = dir.join(format!("{name}.log"));
+        let file = OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Component {
+            name: name.to_owned(),
+            pid: child.id() as i32,
+            log,
+        })
+    }
+
+    /// The last 30 lines of its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
 }
 
 pub struct ControlPlane {
@@ -195,20 +221,8 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    fn spawn(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
-        let log = self.dir.join(format!("{name}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let component = Component {
-            name,
-            pid: child.id() as i32,
-            log,
-        };
+    fn spawn(&mut self, name: &str, command: &mut Command) -> Result<()> {
+        let component = Component::spawn(&self.dir, name, command)?;
         STARTED
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -237,7 +251,7 @@ impl ControlPlane {
                 bail!(
                     "{} exited while waiting for {what}; its log ends:\n{}",
                     dead.name,
-                    log_tail(&dead.log)
+                    dead.log_tail()
                 );
             }
             if ready(self)? {
@@ -310,6 +324,45 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// The pid of a component the fixture started (`kube-scheduler`, ...).
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.pid)
+    }
+
+    /// `kubectl apply` of manifests given as text; its output either way.
+    pub fn apply(&self, manifests: &str) -> Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_command(&["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let written = child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(manifests.as_bytes());
+        let out = child.wait_with_output()?;
+        written?;
+        Ok(out)
+    }
+
+    /// Applies manifests given as text; fails with kubectl's stderr.
+    pub fn apply_ok(&self, manifests: &str) -> Result<()> {
+        let out = self.apply(manifests)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// `kubectl get -o json` of one object.
     pub fn get_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["get", "-o", "json"];
@@ -338,7 +391,7 @@ impl Drop for ControlPlane {
 /// `N` loopback ports free at this moment. The kernel hands out each
 /// ephemeral port once in a cycle, so a port just released is not given to
 /// another process soon.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -347,10 +400,4 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
         *port = listener.local_addr()?.port();
     }
     Ok(ports)
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
